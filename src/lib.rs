@@ -4,5 +4,12 @@
 
 pub mod data;
 pub mod error;
+pub mod init;
+mod kernels;
+pub mod layers;
+pub mod loss;
+pub mod parallel;
+pub mod tensor;
 
 pub use error::{DataErrorKind, Error, Result};
+pub use tensor::{Dual, Tensor};

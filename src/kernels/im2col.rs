@@ -1,0 +1,154 @@
+//! im2col and its adjoint col2im, one sample at a time.
+//!
+//! A sample `[c, h, w]` becomes a matrix with one row per output pixel and one column per
+//! `(channel, kernel row, kernel column)`, in the order of a `Conv2d` weight's flattened
+//! `[c_out, c_in * kernel * kernel]`, so the convolution is `cols · weightᵀ`.
+
+/// The geometry of a 2-D convolution or pooling window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+}
+
+impl Geometry {
+    /// `None` when the window does not fit the padded input.
+    pub fn new(
+        c: usize,
+        h: usize,
+        w: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Option<Self> {
+        let (ph, pw) = (h + 2 * padding, w + 2 * padding);
+        if kernel == 0 || stride == 0 || ph < kernel || pw < kernel {
+            return None;
+        }
+        Some(Self {
+            c,
+            h,
+            w,
+            kernel,
+            stride,
+            padding,
+            out_h: (ph - kernel) / stride + 1,
+            out_w: (pw - kernel) / stride + 1,
+        })
+    }
+
+    /// Values in one input sample.
+    pub fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+
+    /// Output pixels per channel.
+    pub fn out_pixels(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// Columns of the im2col matrix.
+    pub fn patch_len(&self) -> usize {
+        self.c * self.kernel * self.kernel
+    }
+}
+
+/// Writes the im2col matrix of `input` (`[c, h, w]`) into `cols` (`[out_pixels, patch_len]`).
+pub(crate) fn im2col(g: &Geometry, input: &[f32], cols: &mut [f32]) {
+    debug_assert_eq!(input.len(), g.in_len());
+    debug_assert_eq!(cols.len(), g.out_pixels() * g.patch_len());
+    let (k, pl) = (g.kernel, g.patch_len());
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            let row = &mut cols[(oy * g.out_w + ox) * pl..][..pl];
+            let y0 = (oy * g.stride) as isize - g.padding as isize;
+            let x0 = (ox * g.stride) as isize - g.padding as isize;
+            let interior = y0 >= 0 && x0 >= 0 && y0 as usize + k <= g.h && x0 as usize + k <= g.w;
+            for ch in 0..g.c {
+                let plane = &input[ch * g.h * g.w..][..g.h * g.w];
+                let dst = &mut row[ch * k * k..][..k * k];
+                if interior {
+                    let (y0, x0) = (y0 as usize, x0 as usize);
+                    for ky in 0..k {
+                        dst[ky * k..][..k].copy_from_slice(&plane[(y0 + ky) * g.w + x0..][..k]);
+                    }
+                } else {
+                    for ky in 0..k {
+                        let y = y0 + ky as isize;
+                        for kx in 0..k {
+                            let x = x0 + kx as isize;
+                            dst[ky * k + kx] =
+                                if y >= 0 && x >= 0 && (y as usize) < g.h && (x as usize) < g.w {
+                                    plane[y as usize * g.w + x as usize]
+                                } else {
+                                    0.0
+                                };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds the adjoint of [`im2col`]: `grad_input += col2im(cols)`.
+pub(crate) fn col2im_add(g: &Geometry, cols: &[f32], grad_input: &mut [f32]) {
+    debug_assert_eq!(grad_input.len(), g.in_len());
+    debug_assert_eq!(cols.len(), g.out_pixels() * g.patch_len());
+    let (k, pl) = (g.kernel, g.patch_len());
+    for oy in 0..g.out_h {
+        for ox in 0..g.out_w {
+            let row = &cols[(oy * g.out_w + ox) * pl..][..pl];
+            let y0 = (oy * g.stride) as isize - g.padding as isize;
+            let x0 = (ox * g.stride) as isize - g.padding as isize;
+            for ch in 0..g.c {
+                let plane = &mut grad_input[ch * g.h * g.w..][..g.h * g.w];
+                let src = &row[ch * k * k..][..k * k];
+                for ky in 0..k {
+                    let y = y0 + ky as isize;
+                    if y < 0 || y as usize >= g.h {
+                        continue;
+                    }
+                    for kx in 0..k {
+                        let x = x0 + kx as isize;
+                        if x >= 0 && (x as usize) < g.w {
+                            plane[y as usize * g.w + x as usize] += src[ky * k + kx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for any x and c: the two kernels are adjoint.
+    #[test]
+    fn col2im_is_the_adjoint_of_im2col() {
+        for &(c, h, w, k, s, p) in &[(2, 5, 6, 3, 1, 1), (3, 7, 7, 3, 2, 0), (1, 4, 4, 4, 1, 2)] {
+            let g = Geometry::new(c, h, w, k, s, p).unwrap();
+            let x: Vec<f32> = (0..g.in_len())
+                .map(|i| ((i * 37) % 17) as f32 - 8.0)
+                .collect();
+            let r: Vec<f32> = (0..g.out_pixels() * g.patch_len())
+                .map(|i| ((i * 13) % 7) as f32 - 3.0)
+                .collect();
+            let mut cols = vec![0.0; r.len()];
+            im2col(&g, &x, &mut cols);
+            let mut back = vec![0.0; x.len()];
+            col2im_add(&g, &r, &mut back);
+            let lhs: f32 = cols.iter().zip(&r).map(|(a, b)| a * b).sum();
+            let rhs: f32 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
+            assert_eq!(lhs, rhs);
+        }
+    }
+}

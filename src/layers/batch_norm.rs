@@ -1,0 +1,375 @@
+//! Batch normalisation over `[N, F]` (BatchNorm1d) or `[N, C, H, W]` (BatchNorm2d) inputs.
+//!
+//! Both views share one core on a `[n, c, s]` layout (`s = 1` for 1-D, `h * w` for 2-D);
+//! statistics are taken over `n * s` values per channel.
+
+use super::{Layer, Param, StateMut, check_grad, check_shape};
+use crate::error::{Error, Result};
+use crate::tensor::{Dual, Tensor};
+
+/// Configuration of a [`BatchNorm`] layer (PyTorch defaults: `eps = 1e-5`, `momentum = 0.1`,
+/// weight 1, bias 0, running mean 0 and variance 1).
+///
+/// ```
+/// use fdfa::layers::{BatchNormConfig, Layer};
+/// let bn = BatchNormConfig::d2(15).with_name("bn_1").init()?;
+/// assert_eq!(bn.output_shape(&[4, 15, 24, 24])?, vec![4, 15, 24, 24]);
+/// assert!(bn.output_shape(&[4, 15]).is_err());
+/// # Ok::<(), fdfa::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct BatchNormConfig {
+    /// Features (1-D) or channels (2-D).
+    pub features: usize,
+    /// Whether the input is `[N, C, H, W]` (BatchNorm2d) rather than `[N, F]`.
+    pub spatial: bool,
+    /// Added to the variance for stability.
+    pub eps: f32,
+    /// Weight of the new batch statistics in the running averages.
+    pub momentum: f32,
+    /// The layer's name (default `bn`).
+    pub name: String,
+}
+
+impl BatchNormConfig {
+    /// BatchNorm1d over `[N, features]`.
+    pub fn d1(features: usize) -> Self {
+        Self {
+            features,
+            spatial: false,
+            eps: 1e-5,
+            momentum: 0.1,
+            name: "bn".into(),
+        }
+    }
+
+    /// BatchNorm2d over `[N, channels, H, W]`.
+    pub fn d2(channels: usize) -> Self {
+        Self {
+            spatial: true,
+            ..Self::d1(channels)
+        }
+    }
+
+    /// Sets the layer's name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Sets `eps`.
+    pub fn with_eps(mut self, eps: f32) -> Self {
+        self.eps = eps;
+        self
+    }
+
+    /// Sets the momentum of the running statistics.
+    pub fn with_momentum(mut self, momentum: f32) -> Self {
+        self.momentum = momentum;
+        self
+    }
+
+    /// Builds the layer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for zero features, a non-positive `eps` or a momentum outside
+    /// `[0, 1]`.
+    pub fn init(&self) -> Result<BatchNorm> {
+        if self.features == 0 {
+            return Err(Error::config(&self.name, "features", "must be positive"));
+        }
+        if !(self.eps > 0.0) {
+            return Err(Error::config(&self.name, "eps", "must be positive"));
+        }
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(Error::config(&self.name, "momentum", "must lie in [0, 1]"));
+        }
+        let f = self.features;
+        Ok(BatchNorm {
+            config: self.clone(),
+            weight: Param::new(Tensor::from_vec(&[f], vec![1.0; f])?),
+            bias: Param::new(Tensor::zeros(&[f])),
+            running_mean: Tensor::zeros(&[f]),
+            running_var: Tensor::from_vec(&[f], vec![1.0; f])?,
+            num_batches_tracked: 0,
+            normalized: Tensor::default(),
+            inv_std: vec![0.0; f],
+            acc: vec![0.0; 2 * f],
+        })
+    }
+}
+
+/// Batch normalisation (training mode: batch statistics; inference: running statistics).
+#[derive(Clone, Debug)]
+pub struct BatchNorm {
+    config: BatchNormConfig,
+    /// Scale `gamma`, `[features]`.
+    pub weight: Param,
+    /// Shift `beta`, `[features]`.
+    pub bias: Param,
+    /// Running mean, `[features]`.
+    pub running_mean: Tensor,
+    /// Running (unbiased) variance, `[features]`.
+    pub running_var: Tensor,
+    /// Training batches seen.
+    pub num_batches_tracked: u64,
+    /// `x̂` of the last training forward, kept for backward.
+    normalized: Tensor,
+    inv_std: Vec<f32>,
+    acc: Vec<f64>,
+}
+
+/// `(n, c, s)` of a checked shape.
+fn layout(shape: &[usize]) -> (usize, usize, usize) {
+    (shape[0], shape[1], shape[2..].iter().product())
+}
+
+/// Per-channel sums `(sum f(a), sum g(a, b))` over an `[n, c, s]` layout, in f64.
+fn channel_sums2(
+    a: &[f32],
+    b: &[f32],
+    (n, c, s): (usize, usize, usize),
+    acc: &mut [f64],
+    f: impl Fn(f32, f32) -> (f64, f64),
+) {
+    acc.fill(0.0);
+    let (first, second) = acc.split_at_mut(c);
+    for i in 0..n {
+        for ch in 0..c {
+            let off = (i * c + ch) * s;
+            let (mut s1, mut s2) = (0.0f64, 0.0f64);
+            for (&x, &y) in a[off..off + s].iter().zip(&b[off..off + s]) {
+                let (u, v) = f(x, y);
+                s1 += u;
+                s2 += v;
+            }
+            first[ch] += s1;
+            second[ch] += s2;
+        }
+    }
+}
+
+/// Applies `out = f(ch, x, y)` elementwise over an `[n, c, s]` layout.
+fn channel_map(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    (n, c, s): (usize, usize, usize),
+    f: impl Fn(usize, f32, f32) -> f32,
+) {
+    for i in 0..n {
+        for ch in 0..c {
+            let off = (i * c + ch) * s;
+            for ((o, &x), &y) in out[off..off + s]
+                .iter_mut()
+                .zip(&a[off..off + s])
+                .zip(&b[off..off + s])
+            {
+                *o = f(ch, x, y);
+            }
+        }
+    }
+}
+
+impl BatchNorm {
+    /// The layer's configuration.
+    pub fn config(&self) -> &BatchNormConfig {
+        &self.config
+    }
+
+    fn check(&self, shape: &[usize]) -> Result<()> {
+        let f = Some(self.config.features);
+        if self.config.spatial {
+            check_shape(&self.config.name, shape, &[None, f, None, None])
+        } else {
+            check_shape(&self.config.name, shape, &[None, f])
+        }
+    }
+
+    /// The tangent of the normalised values for one block of `n` tangent rows:
+    /// `d x̂ = (dx - mean(dx) - x̂ mean(x̂ dx)) / sqrt(var + eps)`, then `dy = gamma d x̂`.
+    fn jvp_block(&mut self, dx: &[f32], dy: &mut [f32], dims: (usize, usize, usize)) {
+        let m = (dims.0 * dims.2) as f64;
+        let xh = self.normalized.data();
+        channel_sums2(dx, xh, dims, &mut self.acc, |d, h| {
+            (d as f64, (d * h) as f64)
+        });
+        let (sum_d, sum_hd) = self.acc.split_at(dims.1);
+        let gamma = self.weight.value.data();
+        let inv_std = &self.inv_std;
+        channel_map(dy, dx, xh, dims, |ch, d, h| {
+            let mean_d = (sum_d[ch] / m) as f32;
+            let mean_hd = (sum_hd[ch] / m) as f32;
+            gamma[ch] * inv_std[ch] * (d - mean_d - h * mean_hd)
+        });
+    }
+}
+
+impl Layer for BatchNorm {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        self.check(input)?;
+        Ok(input.to_vec())
+    }
+
+    fn forward(&mut self, input: &Dual, output: &mut Dual) -> Result<()> {
+        let x = input.primal();
+        self.check(x.shape())?;
+        let dims = layout(x.shape());
+        let (n, c, s) = dims;
+        let m = n * s;
+        if m < 2 {
+            return Err(Error::shape(
+                &self.config.name,
+                "more than one value per channel in training mode",
+                x.shape(),
+            ));
+        }
+        // Mean, then the variance around it (two passes, f64 sums: one pass loses digits).
+        channel_sums2(x.data(), x.data(), dims, &mut self.acc, |v, _| {
+            (v as f64, 0.0)
+        });
+        let mean: Vec<f64> = self.acc[..c].iter().map(|v| v / m as f64).collect();
+        self.acc.fill(0.0);
+        for i in 0..n {
+            for (ch, mu) in mean.iter().enumerate() {
+                let off = (i * c + ch) * s;
+                self.acc[ch] += x.data()[off..off + s]
+                    .iter()
+                    .map(|&v| (v as f64 - mu).powi(2))
+                    .sum::<f64>();
+            }
+        }
+        let eps = self.config.eps as f64;
+        let momentum = self.config.momentum;
+        for ch in 0..c {
+            let var = self.acc[ch] / m as f64;
+            self.inv_std[ch] = (1.0 / (var + eps).sqrt()) as f32;
+            let unbiased = (self.acc[ch] / (m - 1) as f64) as f32;
+            let rm = &mut self.running_mean.data_mut()[ch];
+            *rm = (1.0 - momentum) * *rm + momentum * mean[ch] as f32;
+            let rv = &mut self.running_var.data_mut()[ch];
+            *rv = (1.0 - momentum) * *rv + momentum * unbiased;
+        }
+        self.num_batches_tracked += 1;
+
+        self.normalized.resize(x.shape());
+        let inv_std = &self.inv_std;
+        channel_map(
+            self.normalized.data_mut(),
+            x.data(),
+            x.data(),
+            dims,
+            |ch, v, _| ((v as f64 - mean[ch]) as f32) * inv_std[ch],
+        );
+        let param_tangent = self.weight.tangent.is_some() || self.bias.tangent.is_some();
+        let k = if param_tangent {
+            input.directions().max(1)
+        } else {
+            input.directions()
+        };
+        output.resize(x.shape(), k);
+        let (y, dy) = output.parts_mut();
+        let (gamma, beta) = (self.weight.value.data(), self.bias.value.data());
+        channel_map(
+            y.data_mut(),
+            self.normalized.data(),
+            x.data(),
+            dims,
+            |ch, h, _| gamma[ch] * h + beta[ch],
+        );
+        let Some(dy) = dy else { return Ok(()) };
+        let block = x.len();
+        match input.tangent() {
+            Some(dx) => {
+                for (dxb, dyb) in dx.data().chunks(block).zip(dy.data_mut().chunks_mut(block)) {
+                    self.jvp_block(dxb, dyb, dims);
+                }
+            }
+            None => dy.fill(0.0),
+        }
+        if param_tangent {
+            // Product rule on y = gamma x̂ + beta: d(y) += d(gamma) x̂ + d(beta).
+            let zeros = vec![0.0; c];
+            let dg = self
+                .weight
+                .tangent
+                .as_ref()
+                .map_or(&zeros[..], |t| t.data());
+            let db = self.bias.tangent.as_ref().map_or(&zeros[..], |t| t.data());
+            let xh = self.normalized.data();
+            for dyb in dy.data_mut().chunks_mut(block) {
+                let prev = dyb.to_vec();
+                channel_map(dyb, &prev, xh, dims, |ch, d, h| d + dg[ch] * h + db[ch]);
+            }
+        }
+        Ok(())
+    }
+
+    fn infer(&self, input: &Tensor, output: &mut Tensor) -> Result<()> {
+        self.check(input.shape())?;
+        let dims = layout(input.shape());
+        output.resize(input.shape());
+        let eps = self.config.eps;
+        let (rm, rv) = (self.running_mean.data(), self.running_var.data());
+        let (gamma, beta) = (self.weight.value.data(), self.bias.value.data());
+        channel_map(
+            output.data_mut(),
+            input.data(),
+            input.data(),
+            dims,
+            |ch, v, _| gamma[ch] * (v - rm[ch]) / (rv[ch] + eps).sqrt() + beta[ch],
+        );
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        input: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut Tensor>,
+    ) -> Result<()> {
+        check_grad(&self.config.name, output, grad_output)?;
+        self.check(input.shape())?;
+        let dims = layout(input.shape());
+        let (n, c, s) = dims;
+        let m = (n * s) as f32;
+        let xh = self.normalized.data();
+        channel_sums2(grad_output.data(), xh, dims, &mut self.acc, |g, h| {
+            (g as f64, (g * h) as f64)
+        });
+        self.weight.grad.resize(&[c]);
+        self.bias.grad.resize(&[c]);
+        for ch in 0..c {
+            self.bias.grad.data_mut()[ch] = self.acc[ch] as f32;
+            self.weight.grad.data_mut()[ch] = self.acc[c + ch] as f32;
+        }
+        if let Some(gx) = grad_input {
+            gx.resize(input.shape());
+            // dx = gamma / sqrt(var + eps) * (g - mean(g) - x̂ mean(g x̂)): the coupling of
+            // every sample through the batch statistics.
+            let (sum_g, sum_gh) = (self.bias.grad.data(), self.weight.grad.data());
+            let gamma = self.weight.value.data();
+            let inv_std = &self.inv_std;
+            channel_map(gx.data_mut(), grad_output.data(), xh, dims, |ch, g, h| {
+                gamma[ch] * inv_std[ch] * (g - sum_g[ch] / m - h * sum_gh[ch] / m)
+            });
+        }
+        Ok(())
+    }
+
+    fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        f("weight", StateMut::Param(&mut self.weight));
+        f("bias", StateMut::Param(&mut self.bias));
+        f("running_mean", StateMut::Buffer(&mut self.running_mean));
+        f("running_var", StateMut::Buffer(&mut self.running_var));
+        f(
+            "num_batches_tracked",
+            StateMut::Counter(&mut self.num_batches_tracked),
+        );
+    }
+}

@@ -1,0 +1,368 @@
+//! 2-D convolution through im2col, one sample per parallel task.
+
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::{Layer, Param, StateMut, check_grad, check_shape};
+use crate::error::{Error, Result};
+use crate::init::{Rng, default_bound, uniform};
+use crate::kernels::gemm::gemm_serial;
+use crate::kernels::im2col::{Geometry, col2im_add, im2col};
+use crate::parallel::{par_chunks_init, par_zip_chunks_init};
+use crate::tensor::{Dual, Tensor};
+
+/// Samples whose weight gradients one parallel task sums before the ordered reduction.
+const SAMPLES_PER_TASK: usize = 4;
+
+/// Configuration of a [`Conv2d`] layer.
+///
+/// ```
+/// use fdfa::layers::{Conv2dConfig, Layer};
+/// let mut rng = fdfa::init::rng(0);
+/// let conv = Conv2dConfig::new(1, 15, 5).with_name("conv_1").init(&mut rng)?;
+/// assert_eq!(conv.output_shape(&[8, 1, 28, 28])?, vec![8, 15, 24, 24]);
+/// let strided = Conv2dConfig::new(3, 64, 11).with_stride(4).with_padding(2).init(&mut rng)?;
+/// assert_eq!(strided.output_shape(&[1, 3, 224, 224])?, vec![1, 64, 55, 55]);
+/// # Ok::<(), fdfa::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Conv2dConfig {
+    /// Input channels.
+    pub c_in: usize,
+    /// Output channels.
+    pub c_out: usize,
+    /// Square kernel size.
+    pub kernel: usize,
+    /// Stride (default 1).
+    pub stride: usize,
+    /// Zero padding on every side (default 0).
+    pub padding: usize,
+    /// Whether the layer has a bias (default `true`).
+    pub bias: bool,
+    /// The layer's name (default `conv`).
+    pub name: String,
+}
+
+impl Conv2dConfig {
+    /// A `kernel x kernel` convolution from `c_in` to `c_out` channels, stride 1, no padding.
+    pub fn new(c_in: usize, c_out: usize, kernel: usize) -> Self {
+        Self {
+            c_in,
+            c_out,
+            kernel,
+            stride: 1,
+            padding: 0,
+            bias: true,
+            name: "conv".into(),
+        }
+    }
+
+    /// Sets the stride.
+    pub fn with_stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    /// Sets the zero padding.
+    pub fn with_padding(mut self, padding: usize) -> Self {
+        self.padding = padding;
+        self
+    }
+
+    /// Sets whether the layer has a bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// Sets the layer's name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Builds the layer with PyTorch's default initialisation (uniform in
+    /// `+-1/sqrt(c_in * kernel * kernel)`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when a size or the stride is zero.
+    pub fn init(&self, rng: &mut Rng) -> Result<Conv2d> {
+        for (field, v) in [
+            ("c_in", self.c_in),
+            ("c_out", self.c_out),
+            ("kernel", self.kernel),
+            ("stride", self.stride),
+        ] {
+            if v == 0 {
+                return Err(Error::config(&self.name, field, "must be positive"));
+            }
+        }
+        let fan_in = self.c_in * self.kernel * self.kernel;
+        let bound = default_bound(fan_in);
+        let weight = Param::new(uniform(
+            &[self.c_out, self.c_in, self.kernel, self.kernel],
+            bound,
+            rng,
+        ));
+        let bias = self
+            .bias
+            .then(|| Param::new(uniform(&[self.c_out], bound, rng)));
+        Ok(Conv2d {
+            config: self.clone(),
+            weight,
+            bias,
+            partials: Vec::new(),
+        })
+    }
+}
+
+/// 2-D convolution on `[N, c_in, h, w]` inputs.
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    config: Conv2dConfig,
+    /// `[c_out, c_in, kernel, kernel]`.
+    pub weight: Param,
+    /// `[c_out]`, if the layer has a bias.
+    pub bias: Option<Param>,
+    /// Per-task partial weight gradients, reduced in task order.
+    partials: Vec<f32>,
+}
+
+/// Per-worker scratch: the im2col matrix of one sample and, in backward, its gradient.
+#[derive(Default)]
+struct Scratch {
+    cols: Vec<f32>,
+    aux: Vec<f32>,
+}
+
+impl Conv2d {
+    /// The layer's configuration.
+    pub fn config(&self) -> &Conv2dConfig {
+        &self.config
+    }
+
+    fn geometry(&self, shape: &[usize]) -> Result<Geometry> {
+        let c = &self.config;
+        check_shape(&c.name, shape, &[None, Some(c.c_in), None, None])?;
+        Geometry::new(c.c_in, shape[2], shape[3], c.kernel, c.stride, c.padding).ok_or_else(|| {
+            Error::shape(
+                &c.name,
+                format!(
+                    "[N, {}, h, w] with h, w + 2 * {} >= {}",
+                    c.c_in, c.padding, c.kernel
+                ),
+                shape,
+            )
+        })
+    }
+
+    fn weight_matrix(t: &Tensor, c_out: usize) -> ArrayView2<'_, f32> {
+        let len = t.len() / c_out;
+        ArrayView2::from_shape((c_out, len), t.data())
+            .unwrap_or_else(|_| unreachable!("weight is [c_out, c_in, k, k]"))
+    }
+
+    /// `y <- W · im2col(x)ᵀ + b` for every sample; `y` is `[n, c_out, out_h, out_w]`.
+    fn convolve(
+        &self,
+        g: &Geometry,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        y: &mut Tensor,
+    ) {
+        let c_out = self.config.c_out;
+        let (p, pl) = (g.out_pixels(), g.patch_len());
+        let w = Self::weight_matrix(weight, c_out);
+        let work = y.len() * pl;
+        par_chunks_init(
+            y.data_mut(),
+            c_out * p,
+            work,
+            Scratch::default,
+            |s, i, out| {
+                s.cols.resize(p * pl, 0.0);
+                im2col(g, x.row(i), &mut s.cols);
+                let cols =
+                    ArrayView2::from_shape((p, pl), &s.cols[..]).unwrap_or_else(|_| unreachable!());
+                let beta = match bias {
+                    Some(b) => {
+                        for (row, &bv) in out.chunks_mut(p).zip(b.data()) {
+                            row.fill(bv);
+                        }
+                        1.0
+                    }
+                    None => 0.0,
+                };
+                let out =
+                    ArrayViewMut2::from_shape((c_out, p), out).unwrap_or_else(|_| unreachable!());
+                gemm_serial(1.0, w, cols.t(), beta, out);
+            },
+        );
+    }
+}
+
+impl Layer for Conv2d {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let g = self.geometry(input)?;
+        Ok(vec![input[0], self.config.c_out, g.out_h, g.out_w])
+    }
+
+    fn forward(&mut self, input: &Dual, output: &mut Dual) -> Result<()> {
+        let x = input.primal();
+        let g = self.geometry(x.shape())?;
+        let n = x.batch();
+        let c_out = self.config.c_out;
+        let k_in = input.directions();
+        let param_tangent = self.weight.tangent.is_some()
+            || self.bias.as_ref().is_some_and(|b| b.tangent.is_some());
+        let k = if param_tangent { k_in.max(1) } else { k_in };
+        output.resize(&[n, c_out, g.out_h, g.out_w], k);
+        let (y, dy) = output.parts_mut();
+        self.convolve(
+            &g,
+            x,
+            &self.weight.value,
+            self.bias.as_ref().map(|b| &b.value),
+            y,
+        );
+        let Some(dy) = dy else { return Ok(()) };
+        // The convolution is linear in its input: its JVP is the same convolution, bias-free.
+        match input.tangent() {
+            Some(dx) => self.convolve(&g, dx, &self.weight.value, None, dy),
+            None => dy.fill(0.0),
+        }
+        if param_tangent {
+            // Product rule: d(y) += conv(x, d(W)) + d(b), the same for every tangent block.
+            let dw = match &self.weight.tangent {
+                Some(t) => t.clone(),
+                None => Tensor::zeros(self.weight.value.shape()),
+            };
+            let db = self.bias.as_ref().and_then(|b| b.tangent.as_ref());
+            let mut extra = Tensor::zeros(&[n, c_out, g.out_h, g.out_w]);
+            self.convolve(&g, x, &dw, db, &mut extra);
+            for block in dy.data_mut().chunks_mut(extra.len()) {
+                block
+                    .iter_mut()
+                    .zip(extra.data())
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        Ok(())
+    }
+
+    fn infer(&self, input: &Tensor, output: &mut Tensor) -> Result<()> {
+        let g = self.geometry(input.shape())?;
+        output.resize(&[input.batch(), self.config.c_out, g.out_h, g.out_w]);
+        self.convolve(
+            &g,
+            input,
+            &self.weight.value,
+            self.bias.as_ref().map(|b| &b.value),
+            output,
+        );
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        input: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut Tensor>,
+    ) -> Result<()> {
+        check_grad(&self.config.name, output, grad_output)?;
+        let g = self.geometry(input.shape())?;
+        let n = input.batch();
+        let c_out = self.config.c_out;
+        let (p, pl) = (g.out_pixels(), g.patch_len());
+        let tasks = n.div_ceil(SAMPLES_PER_TASK);
+        self.partials.resize(tasks * c_out * pl, 0.0);
+        let w = Self::weight_matrix(&self.weight.value, c_out);
+        let work = n * p * pl * c_out * 2;
+        // Each task sums the weight gradient of its samples (recomputing their im2col, which
+        // is cheap next to the product) and, when asked, writes their input gradient.
+        let task = |s: &mut Scratch, t: usize, partial: &mut [f32], gx: Option<&mut [f32]>| {
+            s.cols.resize(p * pl, 0.0);
+            let mut partial =
+                ArrayViewMut2::from_shape((c_out, pl), partial).unwrap_or_else(|_| unreachable!());
+            partial.fill(0.0);
+            let first = t * SAMPLES_PER_TASK;
+            let mut gx = gx;
+            for (j, i) in (first..(first + SAMPLES_PER_TASK).min(n)).enumerate() {
+                im2col(&g, input.row(i), &mut s.cols);
+                let cols =
+                    ArrayView2::from_shape((p, pl), &s.cols[..]).unwrap_or_else(|_| unreachable!());
+                let gi = ArrayView2::from_shape((c_out, p), grad_output.row(i))
+                    .unwrap_or_else(|_| unreachable!());
+                gemm_serial(1.0, gi, cols, 1.0, partial.view_mut());
+                if let Some(gx) = gx.as_deref_mut() {
+                    s.aux.resize(p * pl, 0.0);
+                    let dcols = ArrayViewMut2::from_shape((p, pl), &mut s.aux[..])
+                        .unwrap_or_else(|_| unreachable!());
+                    gemm_serial(1.0, gi.t(), w, 0.0, dcols);
+                    let gxi = &mut gx[j * g.in_len()..(j + 1) * g.in_len()];
+                    gxi.fill(0.0);
+                    col2im_add(&g, &s.aux, gxi);
+                }
+            }
+        };
+        match grad_input {
+            Some(gx) => {
+                gx.resize(input.shape());
+                par_zip_chunks_init(
+                    &mut self.partials,
+                    c_out * pl,
+                    gx.data_mut(),
+                    SAMPLES_PER_TASK * g.in_len(),
+                    work,
+                    Scratch::default,
+                    |s, t, partial, gx| task(s, t, partial, Some(gx)),
+                );
+            }
+            None => par_chunks_init(
+                &mut self.partials,
+                c_out * pl,
+                work,
+                Scratch::default,
+                |s, t, partial| task(s, t, partial, None),
+            ),
+        }
+        let wg = &mut self.weight.grad;
+        wg.resize(self.weight.value.shape());
+        wg.fill(0.0);
+        for partial in self.partials.chunks(c_out * pl) {
+            wg.data_mut()
+                .iter_mut()
+                .zip(partial)
+                .for_each(|(a, b)| *a += b);
+        }
+        if let Some(bias) = &mut self.bias {
+            bias.grad.resize(&[c_out]);
+            let bg = bias.grad.data_mut();
+            bg.fill(0.0);
+            for sample in grad_output.data().chunks(c_out * p) {
+                for (b, plane) in bg.iter_mut().zip(sample.chunks(p)) {
+                    *b += plane.iter().sum::<f32>();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        f("weight", StateMut::Param(&mut self.weight));
+        if let Some(b) = &mut self.bias {
+            f("bias", StateMut::Param(b));
+        }
+    }
+
+    fn flops_per_sample(&self, input: &[usize]) -> usize {
+        self.geometry(input)
+            .map(|g| g.out_pixels() * g.patch_len() * self.config.c_out)
+            .unwrap_or(0)
+    }
+}

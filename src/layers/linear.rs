@@ -1,0 +1,250 @@
+//! Fully connected layer.
+
+use ndarray::{ArrayView1, ArrayView2};
+
+use super::{Layer, Param, StateMut, check_grad, check_shape};
+use crate::error::{Error, Result};
+use crate::init::{Rng, default_bound, uniform};
+use crate::kernels::gemm::gemm;
+use crate::tensor::{Dual, Tensor};
+
+/// Configuration of a [`Linear`] layer.
+///
+/// ```
+/// use fdfa::layers::{Layer, LinearConfig};
+/// let mut rng = fdfa::init::rng(0);
+/// let fc = LinearConfig::new(784, 800).with_name("fc_hidden.0").init(&mut rng)?;
+/// assert_eq!(fc.output_shape(&[64, 784])?, vec![64, 800]);
+/// assert!(fc.output_shape(&[64, 100]).is_err());
+/// # Ok::<(), fdfa::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct LinearConfig {
+    /// Input features.
+    pub d_in: usize,
+    /// Output features.
+    pub d_out: usize,
+    /// Whether the layer has a bias (default `true`).
+    pub bias: bool,
+    /// The layer's name (default `linear`).
+    pub name: String,
+}
+
+impl LinearConfig {
+    /// A layer from `d_in` to `d_out` features, with bias.
+    pub fn new(d_in: usize, d_out: usize) -> Self {
+        Self {
+            d_in,
+            d_out,
+            bias: true,
+            name: "linear".into(),
+        }
+    }
+
+    /// Sets whether the layer has a bias.
+    pub fn with_bias(mut self, bias: bool) -> Self {
+        self.bias = bias;
+        self
+    }
+
+    /// Sets the layer's name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Builds the layer with PyTorch's default initialisation (weight and bias uniform in
+    /// `+-1/sqrt(d_in)`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when a size is zero.
+    pub fn init(&self, rng: &mut Rng) -> Result<Linear> {
+        for (field, v) in [("d_in", self.d_in), ("d_out", self.d_out)] {
+            if v == 0 {
+                return Err(Error::config(&self.name, field, "must be positive"));
+            }
+        }
+        let bound = default_bound(self.d_in);
+        let weight = Param::new(uniform(&[self.d_out, self.d_in], bound, rng));
+        let bias = self
+            .bias
+            .then(|| Param::new(uniform(&[self.d_out], bound, rng)));
+        Ok(Linear {
+            name: self.name.clone(),
+            d_in: self.d_in,
+            d_out: self.d_out,
+            weight,
+            bias,
+        })
+    }
+}
+
+/// `y = x Wᵀ + b` on `[N, d_in]` inputs.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    name: String,
+    d_in: usize,
+    d_out: usize,
+    /// `[d_out, d_in]`.
+    pub weight: Param,
+    /// `[d_out]`, if the layer has a bias.
+    pub bias: Option<Param>,
+}
+
+impl Linear {
+    fn check(&self, shape: &[usize]) -> Result<()> {
+        check_shape(&self.name, shape, &[None, Some(self.d_in)])
+    }
+
+    /// Input features.
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    /// Output features.
+    pub fn d_out(&self) -> usize {
+        self.d_out
+    }
+
+    /// `y <- x Wᵀ + b` (the bias only when `with_bias`).
+    fn affine(
+        &self,
+        x: ArrayView2<'_, f32>,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        y: &mut Tensor,
+    ) {
+        let mut ym = y.matrix_mut();
+        let beta = match bias {
+            Some(b) => {
+                for mut row in ym.rows_mut() {
+                    row.assign(&ArrayView1::from(b.data()));
+                }
+                1.0
+            }
+            None => 0.0,
+        };
+        gemm(1.0, x, weight.matrix().t(), beta, ym);
+    }
+}
+
+impl Layer for Linear {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        self.check(input)?;
+        Ok(vec![input[0], self.d_out])
+    }
+
+    fn forward(&mut self, input: &Dual, output: &mut Dual) -> Result<()> {
+        let x = input.primal();
+        self.check(x.shape())?;
+        let n = x.batch();
+        let k_in = input.directions();
+        let param_tangent = self.weight.tangent.is_some()
+            || self.bias.as_ref().is_some_and(|b| b.tangent.is_some());
+        let k = if param_tangent { k_in.max(1) } else { k_in };
+        output.resize(&[n, self.d_out], k);
+        let (y, dy) = output.parts_mut();
+        self.affine(
+            x.matrix(),
+            &self.weight.value,
+            self.bias.as_ref().map(|b| &b.value),
+            y,
+        );
+        let Some(dy) = dy else { return Ok(()) };
+        // d(y) = d(x) Wᵀ + x d(W)ᵀ + d(b), the product rule of the affine map.
+        match input.tangent() {
+            Some(dx) => gemm(
+                1.0,
+                dx.matrix(),
+                self.weight.value.matrix().t(),
+                0.0,
+                dy.matrix_mut(),
+            ),
+            None => dy.fill(0.0),
+        }
+        if param_tangent {
+            let zero_w;
+            let dw = match &self.weight.tangent {
+                Some(t) => t,
+                None => {
+                    zero_w = Tensor::zeros(self.weight.value.shape());
+                    &zero_w
+                }
+            };
+            let db = self.bias.as_ref().and_then(|b| b.tangent.as_ref());
+            let mut scratch = Tensor::zeros(&[n, self.d_out]);
+            self.affine(x.matrix(), dw, db, &mut scratch);
+            for block in dy.data_mut().chunks_mut(n * self.d_out) {
+                block
+                    .iter_mut()
+                    .zip(scratch.data())
+                    .for_each(|(a, b)| *a += b);
+            }
+        }
+        Ok(())
+    }
+
+    fn infer(&self, input: &Tensor, output: &mut Tensor) -> Result<()> {
+        self.check(input.shape())?;
+        output.resize(&[input.batch(), self.d_out]);
+        self.affine(
+            input.matrix(),
+            &self.weight.value,
+            self.bias.as_ref().map(|b| &b.value),
+            output,
+        );
+        Ok(())
+    }
+
+    fn backward(
+        &mut self,
+        input: &Tensor,
+        output: &Tensor,
+        grad_output: &Tensor,
+        grad_input: Option<&mut Tensor>,
+    ) -> Result<()> {
+        check_grad(&self.name, output, grad_output)?;
+        self.check(input.shape())?;
+        let g = grad_output.matrix();
+        self.weight.grad.resize(&[self.d_out, self.d_in]);
+        gemm(
+            1.0,
+            g.t(),
+            input.matrix(),
+            0.0,
+            self.weight.grad.matrix_mut(),
+        );
+        if let Some(bias) = &mut self.bias {
+            bias.grad.resize(&[self.d_out]);
+            column_sums(grad_output, bias.grad.data_mut());
+        }
+        if let Some(gx) = grad_input {
+            gx.resize(input.shape());
+            gemm(1.0, g, self.weight.value.matrix(), 0.0, gx.matrix_mut());
+        }
+        Ok(())
+    }
+
+    fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        f("weight", StateMut::Param(&mut self.weight));
+        if let Some(b) = &mut self.bias {
+            f("bias", StateMut::Param(b));
+        }
+    }
+
+    fn flops_per_sample(&self, _input: &[usize]) -> usize {
+        self.d_in * self.d_out
+    }
+}
+
+/// `out[j] = sum_i m[i, j]`, rows added in order.
+pub(crate) fn column_sums(m: &Tensor, out: &mut [f32]) {
+    out.fill(0.0);
+    for row in m.data().chunks(m.row_len().max(1)) {
+        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+    }
+}
