@@ -8,7 +8,10 @@ pub mod init;
 mod kernels;
 pub mod layers;
 pub mod loss;
+pub mod model;
+pub mod optim;
 pub mod parallel;
+pub mod rules;
 pub mod tensor;
 
 pub use error::{DataErrorKind, Error, Result};

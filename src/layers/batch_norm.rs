@@ -94,6 +94,7 @@ impl BatchNormConfig {
             num_batches_tracked: 0,
             normalized: Tensor::default(),
             inv_std: vec![0.0; f],
+            mean: vec![0.0; f],
             acc: vec![0.0; 2 * f],
         })
     }
@@ -115,7 +116,10 @@ pub struct BatchNorm {
     pub num_batches_tracked: u64,
     /// `x̂` of the last training forward, kept for backward.
     normalized: Tensor,
-    inv_std: Vec<f32>,
+    /// `1 / sqrt(var + eps)` and the batch mean of the last training forward, in f64: the
+    /// JVP and backward subtract nearly equal terms, and f32 would lose their digits.
+    inv_std: Vec<f64>,
+    mean: Vec<f64>,
     acc: Vec<f64>,
 }
 
@@ -198,9 +202,8 @@ impl BatchNorm {
         let gamma = self.weight.value.data();
         let inv_std = &self.inv_std;
         channel_map(dy, dx, xh, dims, |ch, d, h| {
-            let mean_d = (sum_d[ch] / m) as f32;
-            let mean_hd = (sum_hd[ch] / m) as f32;
-            gamma[ch] * inv_std[ch] * (d - mean_d - h * mean_hd)
+            let centred = d as f64 - sum_d[ch] / m - h as f64 * (sum_hd[ch] / m);
+            (gamma[ch] as f64 * inv_std[ch] * centred) as f32
         });
     }
 }
@@ -232,7 +235,10 @@ impl Layer for BatchNorm {
         channel_sums2(x.data(), x.data(), dims, &mut self.acc, |v, _| {
             (v as f64, 0.0)
         });
-        let mean: Vec<f64> = self.acc[..c].iter().map(|v| v / m as f64).collect();
+        for ch in 0..c {
+            self.mean[ch] = self.acc[ch] / m as f64;
+        }
+        let mean = &self.mean;
         self.acc.fill(0.0);
         for i in 0..n {
             for (ch, mu) in mean.iter().enumerate() {
@@ -247,7 +253,7 @@ impl Layer for BatchNorm {
         let momentum = self.config.momentum;
         for ch in 0..c {
             let var = self.acc[ch] / m as f64;
-            self.inv_std[ch] = (1.0 / (var + eps).sqrt()) as f32;
+            self.inv_std[ch] = 1.0 / (var + eps).sqrt();
             let unbiased = (self.acc[ch] / (m - 1) as f64) as f32;
             let rm = &mut self.running_mean.data_mut()[ch];
             *rm = (1.0 - momentum) * *rm + momentum * mean[ch] as f32;
@@ -263,7 +269,7 @@ impl Layer for BatchNorm {
             x.data(),
             x.data(),
             dims,
-            |ch, v, _| ((v as f64 - mean[ch]) as f32) * inv_std[ch],
+            |ch, v, _| ((v as f64 - mean[ch]) * inv_std[ch]) as f32,
         );
         let param_tangent = self.weight.tangent.is_some() || self.bias.tangent.is_some();
         let k = if param_tangent {
@@ -337,7 +343,7 @@ impl Layer for BatchNorm {
         self.check(input.shape())?;
         let dims = layout(input.shape());
         let (n, c, s) = dims;
-        let m = (n * s) as f32;
+        let m = (n * s) as f64;
         let xh = self.normalized.data();
         channel_sums2(grad_output.data(), xh, dims, &mut self.acc, |g, h| {
             (g as f64, (g * h) as f64)
@@ -352,11 +358,12 @@ impl Layer for BatchNorm {
             gx.resize(input.shape());
             // dx = gamma / sqrt(var + eps) * (g - mean(g) - x̂ mean(g x̂)): the coupling of
             // every sample through the batch statistics.
-            let (sum_g, sum_gh) = (self.bias.grad.data(), self.weight.grad.data());
+            let (sum_g, sum_gh) = self.acc.split_at(c);
             let gamma = self.weight.value.data();
             let inv_std = &self.inv_std;
             channel_map(gx.data_mut(), grad_output.data(), xh, dims, |ch, g, h| {
-                gamma[ch] * inv_std[ch] * (g - sum_g[ch] / m - h * sum_gh[ch] / m)
+                let centred = g as f64 - sum_g[ch] / m - h as f64 * (sum_gh[ch] / m);
+                (gamma[ch] as f64 * inv_std[ch] * centred) as f32
             });
         }
         Ok(())

@@ -1,0 +1,444 @@
+//! Sequential networks made of blocks, and the primitives learning rules are built from.
+//!
+//! A [`Model`] is a chain of [`Block`]s. Every block but the last ends in a *feedback point*:
+//! its output `h_l` is where feedback-alignment rules deliver their signal `g_l`. The last
+//! block is the output layer producing the logits.
+//!
+//! The model gives rules building blocks, not policies: a training forward with a hook at
+//! each feedback point ([`Model::forward`]), the feedback points' activations
+//! ([`Model::hidden`]), a block-local backward from a signal ([`Model::backward_block`]) and
+//! the full backward of backpropagation ([`Model::backward`]).
+
+mod zoo;
+
+pub use zoo::{alexnet_bn, fc, shallow_cnn};
+
+use crate::error::{Error, Result};
+use crate::layers::{Layer, Param, StateMut};
+use crate::tensor::{Dual, Tensor};
+
+/// Samples per chunk of [`Model::infer`]: bounds the memory of inference on large batches.
+const INFER_CHUNK: usize = 256;
+
+/// A run of layers; hidden blocks end in a named feedback point.
+#[derive(Debug)]
+pub struct Block {
+    layers: Vec<Box<dyn Layer>>,
+    feedback: Option<String>,
+}
+
+impl Block {
+    /// A hidden block whose output is the feedback point `feedback` (the reference's
+    /// training-hook name, e.g. `fc_dfa.0`).
+    pub fn hidden(feedback: impl Into<String>, layers: Vec<Box<dyn Layer>>) -> Self {
+        Self {
+            layers,
+            feedback: Some(feedback.into()),
+        }
+    }
+
+    /// The output block (no feedback point).
+    pub fn output(layers: Vec<Box<dyn Layer>>) -> Self {
+        Self {
+            layers,
+            feedback: None,
+        }
+    }
+
+    /// The block's layers.
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    /// The name of the block's feedback point, `None` for the output block.
+    pub fn feedback(&self) -> Option<&str> {
+        self.feedback.as_deref()
+    }
+}
+
+/// A feedback point as rules see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedbackPoint {
+    /// The point's name, e.g. `fc_dfa.0`; feedback matrices are saved as `<name>.feedbacks`.
+    pub name: String,
+    /// The shape of one sample's activation at the point (e.g. `[800]` or `[15, 24, 24]`).
+    pub shape: Vec<usize>,
+}
+
+impl FeedbackPoint {
+    /// `D_l`, the number of features at the point.
+    pub fn features(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A sequential network of blocks with reusable activation buffers.
+///
+/// ```
+/// use fdfa::model::fc;
+/// use fdfa::Tensor;
+/// let mut rng = fdfa::init::rng(0);
+/// let mut model = fc(&[1, 28, 28], 2, 800, 10, &mut rng)?;
+/// assert_eq!(model.feedback_points().len(), 2);
+/// let logits = model.infer(&Tensor::zeros(&[3, 1, 28, 28]))?;
+/// assert_eq!(logits.shape(), &[3, 10]);
+/// # Ok::<(), fdfa::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Model {
+    blocks: Vec<Block>,
+    input_shape: Vec<usize>,
+    classes: usize,
+    points: Vec<FeedbackPoint>,
+    input: Dual,
+    /// Output of every layer of every block, from the last training forward.
+    acts: Vec<Vec<Dual>>,
+    grad_a: Tensor,
+    grad_b: Tensor,
+    eval_a: Tensor,
+    eval_b: Tensor,
+    logits: Tensor,
+}
+
+impl Model {
+    /// Assembles blocks into a model taking samples of `input_shape` (without the batch
+    /// axis), checking the whole chain once.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when a layer cannot take its predecessor's output;
+    /// [`Error::InvalidConfig`] when there are no blocks, a hidden block lacks a feedback
+    /// point, the last block has one, or the output is not `[N, classes]`.
+    pub fn new(input_shape: &[usize], blocks: Vec<Block>) -> Result<Self> {
+        let Some(last) = blocks.last() else {
+            return Err(Error::config(
+                "model",
+                "blocks",
+                "at least the output block is needed",
+            ));
+        };
+        if last.feedback.is_some() {
+            return Err(Error::config(
+                "model",
+                "blocks",
+                "the last block is the output layer and has no feedback point",
+            ));
+        }
+        let mut shape = vec![2];
+        shape.extend_from_slice(input_shape);
+        let mut points = Vec::new();
+        for (b, block) in blocks.iter().enumerate() {
+            if block.layers.is_empty() {
+                return Err(Error::config(
+                    "model",
+                    "blocks",
+                    format!("block {b} has no layer"),
+                ));
+            }
+            if b + 1 < blocks.len() && block.feedback.is_none() {
+                return Err(Error::config(
+                    "model",
+                    "blocks",
+                    format!("hidden block {b} has no feedback point"),
+                ));
+            }
+            for layer in &block.layers {
+                shape = layer.output_shape(&shape)?;
+            }
+            if let Some(name) = &block.feedback {
+                points.push(FeedbackPoint {
+                    name: name.clone(),
+                    shape: shape[1..].to_vec(),
+                });
+            }
+        }
+        if shape.len() != 2 {
+            return Err(Error::config(
+                "model",
+                "blocks",
+                format!("the output must be [N, classes], got {shape:?}"),
+            ));
+        }
+        let acts = blocks
+            .iter()
+            .map(|b| vec![Dual::default(); b.layers.len()])
+            .collect();
+        Ok(Self {
+            classes: shape[1],
+            blocks,
+            input_shape: input_shape.to_vec(),
+            points,
+            input: Dual::default(),
+            acts,
+            grad_a: Tensor::default(),
+            grad_b: Tensor::default(),
+            eval_a: Tensor::default(),
+            eval_b: Tensor::default(),
+            logits: Tensor::default(),
+        })
+    }
+
+    /// The shape of one input sample.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// The number of classes (logits per sample).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// The blocks.
+    pub fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    /// The feedback points, in forward order.
+    pub fn feedback_points(&self) -> &[FeedbackPoint] {
+        &self.points
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        if x.shape().len() != self.input_shape.len() + 1
+            || x.shape()[1..] != self.input_shape[..]
+            || x.batch() == 0
+        {
+            let mut want = vec!["N".to_string()];
+            want.extend(self.input_shape.iter().map(|d| d.to_string()));
+            return Err(Error::shape(
+                "model input",
+                format!("[{}]", want.join(", ")),
+                x.shape(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Training forward of a batch `x` (`[N, input_shape...]`) with a zero input tangent.
+    ///
+    /// After each hidden block, `hook(l, h_l)` may modify the feedback point's activation
+    /// and its tangents (FDFA adds its directions there). Returns the logits with their
+    /// tangents.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a wrong input shape; whatever `hook` returns.
+    pub fn forward(
+        &mut self,
+        x: &Tensor,
+        hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
+    ) -> Result<&Dual> {
+        self.check_input(x)?;
+        self.input.assign_primal(x);
+        let mut point = 0;
+        for b in 0..self.blocks.len() {
+            let (before, rest) = self.acts.split_at_mut(b);
+            let block_acts = &mut rest[0];
+            let mut prev: &Dual = match before.last() {
+                Some(acts) => &acts[acts.len() - 1],
+                None => &self.input,
+            };
+            for (layer, out) in self.blocks[b].layers.iter_mut().zip(block_acts.iter_mut()) {
+                layer.forward(prev, out)?;
+                prev = out;
+            }
+            if self.blocks[b].feedback.is_some() {
+                if let Some(h) = block_acts.last_mut() {
+                    hook(point, h)?;
+                }
+                point += 1;
+            }
+        }
+        self.logits_dual()
+    }
+
+    /// The logits (with their tangents) of the last training forward.
+    ///
+    /// # Errors
+    /// Never for a model built by [`Model::new`]; kept fallible for the empty case.
+    pub fn output(&self) -> Result<&Dual> {
+        self.logits_dual()
+    }
+
+    fn logits_dual(&self) -> Result<&Dual> {
+        self.acts
+            .last()
+            .and_then(|a| a.last())
+            .ok_or_else(|| Error::config("model", "blocks", "no output"))
+    }
+
+    /// The activation `h_l` (with its tangents) at feedback point `l` after the last training
+    /// forward.
+    ///
+    /// # Panics
+    /// When `l` is not below the number of feedback points.
+    pub fn hidden(&self, l: usize) -> &Dual {
+        let b = self.point_block(l);
+        &self.acts[b][self.acts[b].len() - 1]
+    }
+
+    /// The block index of feedback point `l`.
+    fn point_block(&self, l: usize) -> usize {
+        self.blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.feedback.is_some())
+            .nth(l)
+            .map(|(i, _)| i)
+            .unwrap_or_else(|| panic!("feedback point {l} out of range ({})", self.points.len()))
+    }
+
+    /// Backward through block `block` alone, from the gradient `grad` of its output: sets the
+    /// gradients of its parameters and returns the gradient of its input when
+    /// `input_grad` is set (a block-local backward passes `false` and skips that work).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `grad` does not have the shape of the block's output.
+    pub fn backward_block(
+        &mut self,
+        block: usize,
+        grad: &Tensor,
+        input_grad: bool,
+    ) -> Result<Option<&Tensor>> {
+        self.grad_a.assign(grad);
+        self.backward_from_a(block, input_grad)?;
+        Ok(input_grad.then_some(&self.grad_a))
+    }
+
+    /// Backward through `block` from the gradient held in `grad_a`; leaves the input gradient
+    /// in `grad_a`.
+    fn backward_from_a(&mut self, block: usize, input_grad: bool) -> Result<()> {
+        let layers = &mut self.blocks[block].layers;
+        let acts = &self.acts;
+        for j in (0..layers.len()).rev() {
+            let input = match j {
+                0 if block == 0 => self.input.primal(),
+                0 => acts[block - 1][acts[block - 1].len() - 1].primal(),
+                _ => acts[block][j - 1].primal(),
+            };
+            let output = acts[block][j].primal();
+            let want = j > 0 || input_grad;
+            layers[j].backward(
+                input,
+                output,
+                &self.grad_a,
+                want.then_some(&mut self.grad_b),
+            )?;
+            if want {
+                std::mem::swap(&mut self.grad_a, &mut self.grad_b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Block-local backward of feedback point `l`'s block from the signal `g_l` (shaped like
+    /// [`hidden(l)`](Self::hidden)); the block's input gradient is not computed.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `grad` does not have the shape of `h_l`.
+    ///
+    /// # Panics
+    /// When `l` is not below the number of feedback points.
+    pub fn backward_point(&mut self, l: usize, grad: &Tensor) -> Result<()> {
+        let block = self.point_block(l);
+        self.backward_block(block, grad, false).map(|_| ())
+    }
+
+    /// Backward of the output block from the logits' gradient, sets its parameters' gradients
+    /// (every rule trains the output layer with its true gradient).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `logits_grad` is not `[N, classes]` of the last forward.
+    pub fn backward_output(&mut self, logits_grad: &Tensor) -> Result<()> {
+        let block = self.blocks.len() - 1;
+        self.backward_block(block, logits_grad, false).map(|_| ())
+    }
+
+    /// Backpropagation through the whole network from the logits' gradient.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `logits_grad` is not `[N, classes]` of the last forward.
+    pub fn backward(&mut self, logits_grad: &Tensor) -> Result<()> {
+        self.grad_a.assign(logits_grad);
+        for b in (0..self.blocks.len()).rev() {
+            self.backward_from_a(b, b > 0)?;
+        }
+        Ok(())
+    }
+
+    /// Inference (BatchNorm with running statistics) on a batch of any size, processed in
+    /// chunks to bound memory.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a wrong input shape.
+    pub fn infer(&mut self, x: &Tensor) -> Result<&Tensor> {
+        self.check_input(x)?;
+        let n = x.batch();
+        self.logits.resize(&[n, self.classes]);
+        let row = x.row_len();
+        let mut chunk_shape = x.shape().to_vec();
+        for start in (0..n).step_by(INFER_CHUNK) {
+            let m = INFER_CHUNK.min(n - start);
+            chunk_shape[0] = m;
+            self.eval_a.resize(&chunk_shape);
+            self.eval_a
+                .data_mut()
+                .copy_from_slice(&x.data()[start * row..(start + m) * row]);
+            for layer in self.blocks.iter().flat_map(|b| &b.layers) {
+                layer.infer(&self.eval_a, &mut self.eval_b)?;
+                std::mem::swap(&mut self.eval_a, &mut self.eval_b);
+            }
+            let c = self.classes;
+            self.logits.data_mut()[start * c..(start + m) * c].copy_from_slice(self.eval_a.data());
+        }
+        Ok(&self.logits)
+    }
+
+    /// Visits every piece of state under its PyTorch `state_dict` name
+    /// (`<layer>.<suffix>`), in a fixed order.
+    pub fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        let mut name = String::new();
+        for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
+            let prefix = layer.name().to_string();
+            layer.visit_state(&mut |suffix, state| {
+                name.clear();
+                name.push_str(&prefix);
+                name.push('.');
+                name.push_str(suffix);
+                f(&name, state);
+            });
+        }
+    }
+
+    /// Visits every trainable parameter, in a fixed order.
+    pub fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        self.visit_state(&mut |name, state| {
+            if let StateMut::Param(p) = state {
+                f(name, p);
+            }
+        });
+    }
+
+    /// The number of trainable scalars.
+    pub fn param_count(&mut self) -> usize {
+        let mut count = 0;
+        self.visit_params(&mut |_, p| count += p.value.len());
+        count
+    }
+
+    /// Multiply-adds of one inference forward of one sample.
+    pub fn flops_per_sample(&self) -> usize {
+        let mut shape = vec![1];
+        shape.extend_from_slice(&self.input_shape);
+        let mut total = 0;
+        for layer in self.blocks.iter().flat_map(|b| &b.layers) {
+            total += layer.flops_per_sample(&shape);
+            shape = layer.output_shape(&shape).unwrap_or_default();
+        }
+        total
+    }
+}
+
+impl crate::optim::Parameters for Model {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        Model::visit_params(self, f);
+    }
+}

@@ -1,0 +1,188 @@
+//! Adam, as `torch.optim.Adam` computes it.
+
+use serde::{Deserialize, Serialize};
+
+use super::Parameters;
+use crate::error::{Error, Result};
+use crate::layers::Param;
+use crate::tensor::Tensor;
+
+/// Adam's hyper-parameters; `Default` holds PyTorch's values (`lr = 1e-3`,
+/// `betas = (0.9, 0.999)`, `eps = 1e-8`, no weight decay).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub lr: f32,
+    /// Decay rates of the first and second moments.
+    pub betas: (f32, f32),
+    /// Added to the denominator.
+    pub eps: f32,
+    /// L2 penalty added to the gradient (PyTorch's `weight_decay`, not AdamW's).
+    pub weight_decay: f32,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl AdamConfig {
+    /// Sets the learning rate.
+    pub fn with_lr(mut self, lr: f32) -> Self {
+        self.lr = lr;
+        self
+    }
+
+    /// Sets the weight decay.
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    /// Validates the values and builds the optimizer.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for a negative or non-finite learning rate or decay, betas
+    /// outside `[0, 1)` or a non-positive `eps`.
+    pub fn init(self) -> Result<Adam> {
+        let check = |field, ok: bool, reason: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::config("Adam", field, reason))
+            }
+        };
+        check(
+            "lr",
+            self.lr.is_finite() && self.lr >= 0.0,
+            "must be finite and non-negative",
+        )?;
+        check(
+            "betas",
+            (0.0..1.0).contains(&self.betas.0) && (0.0..1.0).contains(&self.betas.1),
+            "must lie in [0, 1)",
+        )?;
+        check("eps", self.eps > 0.0, "must be positive")?;
+        check(
+            "weight_decay",
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "must be finite and non-negative",
+        )?;
+        Ok(Adam {
+            config: self,
+            step: 0,
+            states: Vec::new(),
+        })
+    }
+}
+
+/// The moments of one parameter.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AdamState {
+    /// First moment (the running mean of the gradients).
+    pub exp_avg: Tensor,
+    /// Second moment (the running mean of the squared gradients).
+    pub exp_avg_sq: Tensor,
+}
+
+/// Adam over a [`Parameters`] collection; states are kept in visiting order.
+///
+/// ```
+/// use fdfa::layers::Param;
+/// use fdfa::optim::{AdamConfig, Parameters};
+/// use fdfa::Tensor;
+///
+/// struct One(Param);
+/// impl Parameters for One {
+///     fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) { f("w", &mut self.0) }
+/// }
+/// let mut p = One(Param::new(Tensor::from_vec(&[1], vec![1.0])?));
+/// p.0.grad = Tensor::from_vec(&[1], vec![0.5])?;
+/// let mut adam = AdamConfig::default().with_lr(0.1).init()?;
+/// adam.step(&mut p);
+/// // The first step moves every coordinate by lr, whatever the gradient's scale.
+/// assert!((p.0.value.data()[0] - 0.9).abs() < 1e-6);
+/// # Ok::<(), fdfa::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Adam {
+    config: AdamConfig,
+    step: u64,
+    states: Vec<AdamState>,
+}
+
+impl Adam {
+    /// The hyper-parameters.
+    pub fn config(&self) -> &AdamConfig {
+        &self.config
+    }
+
+    /// The current learning rate.
+    pub fn lr(&self) -> f32 {
+        self.config.lr
+    }
+
+    /// Sets the learning rate (schedules call this between epochs).
+    pub fn set_lr(&mut self, lr: f32) {
+        self.config.lr = lr;
+    }
+
+    /// Steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// The moments, in visiting order (empty before the first step).
+    pub fn states(&self) -> &[AdamState] {
+        &self.states
+    }
+
+    /// Restores a saved step count and moments.
+    pub fn restore(&mut self, step: u64, states: Vec<AdamState>) {
+        self.step = step;
+        self.states = states;
+    }
+
+    /// One update of every parameter from its `grad`.
+    pub fn step(&mut self, params: &mut dyn Parameters) {
+        self.step += 1;
+        let (b1, b2) = self.config.betas;
+        let t = self.step as i32;
+        let bias1 = 1.0 - (b1 as f64).powi(t);
+        let bias2_sqrt = (1.0 - (b2 as f64).powi(t)).sqrt();
+        let step_size = (self.config.lr as f64 / bias1) as f32;
+        let (eps, wd) = (self.config.eps, self.config.weight_decay);
+        let bias2_sqrt = bias2_sqrt as f32;
+        let mut i = 0;
+        let states = &mut self.states;
+        params.visit_params(&mut |_, p: &mut Param| {
+            if states.len() <= i {
+                states.push(AdamState {
+                    exp_avg: Tensor::zeros(p.value.shape()),
+                    exp_avg_sq: Tensor::zeros(p.value.shape()),
+                });
+            }
+            let s = &mut states[i];
+            i += 1;
+            let values = p.value.data_mut().iter_mut();
+            let moments = s
+                .exp_avg
+                .data_mut()
+                .iter_mut()
+                .zip(s.exp_avg_sq.data_mut().iter_mut());
+            for ((w, &g), (m, v)) in values.zip(p.grad.data()).zip(moments) {
+                let g = g + wd * *w;
+                *m += (1.0 - b1) * (g - *m);
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                let denom = v.sqrt() / bias2_sqrt + eps;
+                *w -= step_size * *m / denom;
+            }
+        });
+    }
+}

@@ -1,0 +1,73 @@
+//! Direct Kolen-Pollack (Webster, Choi & Ahn, 2021).
+
+use super::{Feedback, FeedbackInit, LearningRule, StepReport};
+use crate::error::Result;
+use crate::init::{Rng, rng};
+use crate::kernels::gemm::gemm;
+use crate::layers::Param;
+use crate::loss::cross_entropy;
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+/// DKP: like DFA, with feedback matrices starting at zero and learned from the gradient
+/// `e^T h_l` (summed over the batch; `e` already carries `1/N`).
+#[derive(Clone, Debug)]
+pub struct Dkp {
+    feedback: Feedback,
+    logits_grad: Tensor,
+    signal: Tensor,
+}
+
+impl Dkp {
+    /// The rule for `model`, feedback matrices at zero.
+    pub fn new(model: &Model) -> Self {
+        Self {
+            feedback: Feedback::new(model, FeedbackInit::Zeros, &mut rng(0)),
+            logits_grad: Tensor::default(),
+            signal: Tensor::default(),
+        }
+    }
+}
+
+impl LearningRule for Dkp {
+    fn name(&self) -> &str {
+        "DKP"
+    }
+
+    fn step(
+        &mut self,
+        model: &mut Model,
+        x: &Tensor,
+        targets: &[usize],
+        _rng: &mut Rng,
+    ) -> Result<StepReport> {
+        let logits = model.forward(x, &mut |_, _| Ok(()))?;
+        let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+        for (l, b) in self.feedback.matrices.iter_mut().enumerate() {
+            let h = model.hidden(l).primal();
+            b.grad.resize(b.value.shape());
+            gemm(
+                1.0,
+                self.logits_grad.matrix().t(),
+                h.matrix(),
+                0.0,
+                b.grad.matrix_mut(),
+            );
+        }
+        self.feedback
+            .deliver(model, &self.logits_grad, &mut self.signal)?;
+        Ok(StepReport { loss })
+    }
+
+    fn visit_learned(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        self.feedback.visit(f);
+    }
+
+    fn feedback(&self) -> Option<&Feedback> {
+        Some(&self.feedback)
+    }
+
+    fn feedback_mut(&mut self) -> Option<&mut Feedback> {
+        Some(&mut self.feedback)
+    }
+}

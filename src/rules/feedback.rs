@@ -1,0 +1,89 @@
+//! Feedback matrices `B_l` (`classes x D_l`), one per feedback point.
+
+use crate::error::Result;
+use crate::init::{Rng, fill_uniform, kaiming_bound};
+use crate::kernels::gemm::gemm;
+use crate::layers::Param;
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+/// How the feedback matrices start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedbackInit {
+    /// All zeros (DKP and FDFA in the reference).
+    Zeros,
+    /// Kaiming-uniform with bound `sqrt(6 / D_l)` (DFA in the reference).
+    KaimingUniform,
+}
+
+/// The feedback matrices of a model's feedback points, named `<point>.feedbacks` and shaped
+/// `[classes, point shape...]` as in the reference's `state_dict`.
+#[derive(Clone, Debug)]
+pub struct Feedback {
+    names: Vec<String>,
+    /// One matrix per feedback point, in forward order.
+    pub matrices: Vec<Param>,
+}
+
+impl Feedback {
+    /// Feedback matrices for every feedback point of `model`.
+    pub fn new(model: &Model, init: FeedbackInit, rng: &mut Rng) -> Self {
+        let classes = model.classes();
+        let mut names = Vec::new();
+        let mut matrices = Vec::new();
+        for point in model.feedback_points() {
+            let mut shape = vec![classes];
+            shape.extend_from_slice(&point.shape);
+            let mut value = Tensor::zeros(&shape);
+            if init == FeedbackInit::KaimingUniform {
+                fill_uniform(value.data_mut(), kaiming_bound(point.features()), rng);
+            }
+            names.push(format!("{}.feedbacks", point.name));
+            matrices.push(Param::new(value));
+        }
+        Self { names, matrices }
+    }
+
+    /// The number of matrices.
+    pub fn len(&self) -> usize {
+        self.matrices.len()
+    }
+
+    /// Whether there is none (a model without hidden blocks).
+    pub fn is_empty(&self) -> bool {
+        self.matrices.is_empty()
+    }
+
+    /// Visits every matrix with its name.
+    pub fn visit(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        for (name, m) in self.names.iter().zip(&mut self.matrices) {
+            f(name, m);
+        }
+    }
+
+    /// Writes the signal `g_l = e B_l` into `out`, shaped like `model.hidden(l)`.
+    pub fn signal(&self, l: usize, model: &Model, logits_grad: &Tensor, out: &mut Tensor) {
+        out.resize(model.hidden(l).primal().shape());
+        let b = self.matrices[l].value.matrix();
+        gemm(1.0, logits_grad.matrix(), b, 0.0, out.matrix_mut());
+    }
+
+    /// Trains every block with `e` (the output block) and `e B_l` (hidden blocks): the
+    /// delivery shared by DFA, DKP and FDFA.
+    ///
+    /// # Errors
+    /// [`crate::Error::Shape`] when `logits_grad` does not match the last forward.
+    pub fn deliver(
+        &self,
+        model: &mut Model,
+        logits_grad: &Tensor,
+        scratch: &mut Tensor,
+    ) -> Result<()> {
+        model.backward_output(logits_grad)?;
+        for l in 0..self.len() {
+            self.signal(l, model, logits_grad, scratch);
+            model.backward_point(l, scratch)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! Forward-gradient baselines: weight perturbation (FG-W) and activity perturbation (FG-A).
+
+use super::{LearningRule, StepReport, draw_directions, perturbed_forward};
+use crate::error::Result;
+use crate::init::{Rng, fill_normal};
+use crate::loss::{cross_entropy, cross_entropy_jvp, per_sample_jvp};
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+/// FG-W: one direction `v ~ N(0, I)` over all parameters per step; the forward pass carries
+/// parameter tangents, giving the directional derivative `dL . v` of the mean loss, and every
+/// parameter's gradient estimate is `(dL . v) v` (unbiased, with a variance that grows with
+/// the parameter count).
+#[derive(Clone, Debug, Default)]
+pub struct ForwardGradientWeight {
+    tangents: Vec<Tensor>,
+    logits_grad: Tensor,
+}
+
+impl ForwardGradientWeight {
+    /// The rule.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl LearningRule for ForwardGradientWeight {
+    fn name(&self) -> &str {
+        "FGW"
+    }
+
+    fn step(
+        &mut self,
+        model: &mut Model,
+        x: &Tensor,
+        targets: &[usize],
+        rng: &mut Rng,
+    ) -> Result<StepReport> {
+        let mut tangents = std::mem::take(&mut self.tangents);
+        let mut i = 0;
+        model.visit_params(&mut |_, p| {
+            if tangents.len() <= i {
+                tangents.push(Tensor::default());
+            }
+            let mut v = std::mem::take(&mut tangents[i]);
+            v.resize(p.value.shape());
+            fill_normal(v.data_mut(), rng);
+            p.tangent = Some(v);
+            i += 1;
+        });
+        let result = (|| {
+            let logits = model.forward(x, &mut |_, _| Ok(()))?;
+            let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+            let dl = match logits.tangent() {
+                Some(d) => cross_entropy_jvp(&self.logits_grad, d)?[0],
+                None => 0.0,
+            };
+            Ok::<_, crate::Error>((loss, dl))
+        })();
+        // Hand the tangents back whatever happened, so that no later forward sees them.
+        let mut i = 0;
+        let mut dl_loss = None;
+        if let Ok((_, dl)) = &result {
+            dl_loss = Some(*dl);
+        }
+        model.visit_params(&mut |_, p| {
+            if let Some(v) = p.tangent.take() {
+                if let Some(dl) = dl_loss {
+                    p.grad.resize(v.shape());
+                    p.grad
+                        .data_mut()
+                        .iter_mut()
+                        .zip(v.data())
+                        .for_each(|(g, v)| *g = dl * v);
+                }
+                tangents[i] = v;
+            }
+            i += 1;
+        });
+        self.tangents = tangents;
+        let (loss, _) = result?;
+        Ok(StepReport { loss })
+    }
+}
+
+/// FG-A: the directions of FDFA perturb every feedback point; each sample's own loss
+/// derivative along them, `s_i = dL_i . (u_1, ..., u_L)`, gives the block signal
+/// `g_{l,i} = s_i u_{l,i}` (averaged over `k` directions), followed by the in-block
+/// backward. The output layer gets its true gradient.
+#[derive(Clone, Debug)]
+pub struct ForwardGradientActivity {
+    directions: usize,
+    buffers: Vec<Tensor>,
+    logits_grad: Tensor,
+    signal: Tensor,
+}
+
+impl Default for ForwardGradientActivity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ForwardGradientActivity {
+    /// The rule with one direction per sample.
+    pub fn new() -> Self {
+        Self {
+            directions: 1,
+            buffers: Vec::new(),
+            logits_grad: Tensor::default(),
+            signal: Tensor::default(),
+        }
+    }
+
+    /// Uses `k >= 1` directions per sample.
+    pub fn with_directions(mut self, k: usize) -> Self {
+        self.directions = k.max(1);
+        self
+    }
+
+    /// One step with given directions (`[k * N, point shape...]` per feedback point).
+    ///
+    /// # Errors
+    /// [`crate::Error::Shape`] when the batch or a direction does not fit the model.
+    pub fn step_with_directions(
+        &mut self,
+        model: &mut Model,
+        x: &Tensor,
+        targets: &[usize],
+        directions: &[Tensor],
+    ) -> Result<StepReport> {
+        let logits = perturbed_forward(model, x, directions)?;
+        let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+        let n = x.batch();
+        // s_{j,i} = e_i . d_{j,i}: the derivative of the *mean* loss's sample-i term.
+        let s: Vec<f32> = match logits.tangent() {
+            Some(d) => per_sample_jvp(&self.logits_grad, d)?
+                .into_iter()
+                .map(|v| v / n as f32)
+                .collect(),
+            None => Vec::new(),
+        };
+        model.backward_output(&self.logits_grad)?;
+        for (l, u) in directions.iter().enumerate() {
+            let k = u.batch() / n;
+            let row = u.row_len();
+            self.signal.resize(model.hidden(l).primal().shape());
+            self.signal.fill(0.0);
+            for (r, (ur, sr)) in u.data().chunks(row).zip(&s).enumerate() {
+                let out = &mut self.signal.data_mut()[(r % n) * row..][..row];
+                let scale = sr / k as f32;
+                out.iter_mut().zip(ur).for_each(|(o, v)| *o += scale * v);
+            }
+            model.backward_point(l, &self.signal)?;
+        }
+        Ok(StepReport { loss })
+    }
+}
+
+impl LearningRule for ForwardGradientActivity {
+    fn name(&self) -> &str {
+        "FGA"
+    }
+
+    fn step(
+        &mut self,
+        model: &mut Model,
+        x: &Tensor,
+        targets: &[usize],
+        rng: &mut Rng,
+    ) -> Result<StepReport> {
+        let mut buffers = std::mem::take(&mut self.buffers);
+        draw_directions(model, x.batch(), self.directions, rng, &mut buffers);
+        let report = self.step_with_directions(model, x, targets, &buffers);
+        self.buffers = buffers;
+        report
+    }
+}

@@ -1,0 +1,249 @@
+//! Learning rules.
+//!
+//! A [`LearningRule`] turns a batch into gradients: after [`LearningRule::step`], every
+//! forward parameter of the model holds its gradient in `grad`, and so does every feedback
+//! matrix the rule learns. The optimizers are never called inside a rule; the trainer steps
+//! the feedback optimizer, then the forward one, both from the gradients of the same step.
+//!
+//! A new rule needs nothing but the [`Model`]'s primitives. See the `custom_rule` example
+//! for one written outside the crate.
+
+mod bp;
+mod dfa;
+mod dkp;
+mod fdfa;
+mod feedback;
+mod forward_gradient;
+
+pub use bp::Bp;
+pub use dfa::Dfa;
+pub use dkp::Dkp;
+pub use fdfa::Fdfa;
+pub use feedback::{Feedback, FeedbackInit};
+pub use forward_gradient::{ForwardGradientActivity, ForwardGradientWeight};
+
+use std::fmt::Debug;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::init::{Rng, fill_normal};
+use crate::layers::Param;
+use crate::model::Model;
+use crate::tensor::Tensor;
+
+/// What a step reports besides the gradients.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepReport {
+    /// Mean cross-entropy of the batch, before any update.
+    pub loss: f32,
+}
+
+/// A learning rule: BP, DFA, DKP, FDFA, the forward-gradient baselines, or your own.
+pub trait LearningRule: Send + Debug {
+    /// The rule's short name as the command line spells it (`FDFA`).
+    fn name(&self) -> &str;
+
+    /// Computes the gradients of one batch `x` with class indices `targets`, drawing any
+    /// random numbers from `rng`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the batch does not fit the model.
+    fn step(
+        &mut self,
+        model: &mut Model,
+        x: &Tensor,
+        targets: &[usize],
+        rng: &mut Rng,
+    ) -> Result<StepReport>;
+
+    /// Visits the feedback matrices the rule learns (they get their own optimizer); rules
+    /// without learned feedback visit nothing.
+    fn visit_learned(&mut self, _f: &mut dyn FnMut(&str, &mut Param)) {}
+
+    /// The rule's feedback matrices, learned or fixed, if it has any.
+    fn feedback(&self) -> Option<&Feedback> {
+        None
+    }
+
+    /// The rule's feedback matrices, mutable (for loading a checkpoint).
+    fn feedback_mut(&mut self) -> Option<&mut Feedback> {
+        None
+    }
+}
+
+/// The learned feedback matrices of a rule, as an optimizer's parameter group.
+pub struct Learned<'a>(pub &'a mut dyn LearningRule);
+
+impl crate::optim::Parameters for Learned<'_> {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        self.0.visit_learned(f);
+    }
+}
+
+/// The rules the crate ships, by their command-line names.
+///
+/// ```
+/// use fdfa::rules::RuleKind;
+/// assert_eq!("fdfa".parse::<RuleKind>()?, RuleKind::Fdfa);
+/// assert!("SGD".parse::<RuleKind>().is_err());
+/// # Ok::<(), fdfa::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleKind {
+    /// Backpropagation.
+    Bp,
+    /// Direct feedback alignment.
+    Dfa,
+    /// Direct Kolen-Pollack.
+    Dkp,
+    /// Forward direct feedback alignment.
+    Fdfa,
+    /// Forward gradient, weight perturbation.
+    Fgw,
+    /// Forward gradient, activity perturbation.
+    Fga,
+}
+
+impl RuleKind {
+    /// Every rule, in the order the reference lists them, then the baselines.
+    pub const ALL: [RuleKind; 6] = [
+        Self::Bp,
+        Self::Dfa,
+        Self::Dkp,
+        Self::Fdfa,
+        Self::Fgw,
+        Self::Fga,
+    ];
+
+    /// The command-line name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bp => "BP",
+            Self::Dfa => "DFA",
+            Self::Dkp => "DKP",
+            Self::Fdfa => "FDFA",
+            Self::Fgw => "FGW",
+            Self::Fga => "FGA",
+        }
+    }
+
+    /// Builds the rule for `model` with the reference's feedback initialisation and
+    /// `directions` random directions per sample (FDFA and FG-A; others ignore it).
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `directions` is zero.
+    pub fn build(
+        self,
+        model: &Model,
+        directions: usize,
+        rng: &mut Rng,
+    ) -> Result<Box<dyn LearningRule>> {
+        if directions == 0 {
+            return Err(Error::config(
+                self.as_str(),
+                "directions",
+                "must be at least 1",
+            ));
+        }
+        Ok(match self {
+            Self::Bp => Box::new(Bp::new()),
+            Self::Dfa => Box::new(Dfa::new(model, rng)),
+            Self::Dkp => Box::new(Dkp::new(model)),
+            Self::Fdfa => Box::new(Fdfa::new(model).with_directions(directions)),
+            Self::Fgw => Box::new(ForwardGradientWeight::new()),
+            Self::Fga => Box::new(ForwardGradientActivity::new().with_directions(directions)),
+        })
+    }
+}
+
+impl std::fmt::Display for RuleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RuleKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::config(
+                    "train-mode",
+                    "train_mode",
+                    format!("`{s}` is not one of BP, DFA, DKP, FDFA, FGW, FGA"),
+                )
+            })
+    }
+}
+
+/// Draws `k` standard-normal directions for every feedback point of the last forward's batch
+/// of `n` samples into `out` (`[k * n, point shape...]` each).
+pub(crate) fn draw_directions(
+    model: &Model,
+    n: usize,
+    k: usize,
+    rng: &mut Rng,
+    out: &mut Vec<Tensor>,
+) {
+    out.resize_with(model.feedback_points().len(), Tensor::default);
+    for (point, u) in model.feedback_points().iter().zip(out.iter_mut()) {
+        let mut shape = vec![k * n];
+        shape.extend_from_slice(&point.shape);
+        u.resize(&shape);
+        fill_normal(u.data_mut(), rng);
+    }
+}
+
+/// A forward pass that adds `directions[l]` to the tangent at every feedback point.
+pub(crate) fn perturbed_forward<'m>(
+    model: &'m mut Model,
+    x: &Tensor,
+    directions: &[Tensor],
+) -> Result<&'m crate::tensor::Dual> {
+    if directions.len() != model.feedback_points().len() {
+        return Err(Error::config(
+            "directions",
+            "directions",
+            format!(
+                "one per feedback point ({}), got {}",
+                model.feedback_points().len(),
+                directions.len()
+            ),
+        ));
+    }
+    let n = x.batch();
+    model.forward(x, &mut |l, h| {
+        let u = &directions[l];
+        let rows = h.primal().batch();
+        if u.batch() % rows.max(1) != 0
+            || u.row_len() != h.primal().row_len()
+            || u.batch() == 0
+            || rows != n
+        {
+            return Err(Error::shape(
+                "direction",
+                format!("[k * {n}, {:?}]", &h.primal().shape()[1..]),
+                u.shape(),
+            ));
+        }
+        let k = u.batch() / rows;
+        if h.directions() != 0 && h.directions() != k {
+            return Err(Error::shape(
+                "direction",
+                format!("{} stacked tangents", h.directions()),
+                u.shape(),
+            ));
+        }
+        h.ensure_tangent(k);
+        if let Some(t) = h.tangent_mut() {
+            t.data_mut()
+                .iter_mut()
+                .zip(u.data())
+                .for_each(|(a, b)| *a += b);
+        }
+        Ok(())
+    })
+}
