@@ -75,20 +75,35 @@ impl Source {
         }
     }
 
-    /// Reads the `N`-byte header; a shorter content is truncated.
-    fn header<const N: usize>(&mut self) -> Result<[u8; N]> {
+    /// Reads the next `N` bytes of a header of `header_len` bytes, `offset` bytes into the
+    /// file; a shorter content is truncated.
+    fn header<const N: usize>(&mut self, offset: u64, header_len: u64) -> Result<[u8; N]> {
         let mut buf = [0u8; N];
         let got = read_full(&mut self.reader, &mut buf).map_err(|e| self.read_error(e))?;
         if got < N {
             return Err(Error::data(
                 &self.path,
                 DataErrorKind::Truncated {
-                    expected: N as u64,
-                    found: got as u64,
+                    expected: header_len,
+                    found: offset + got as u64,
                 },
             ));
         }
         Ok(buf)
+    }
+
+    /// Reads the magic number and checks it, so that the wrong kind of file is named as such
+    /// whatever its length.
+    fn magic(&mut self, expected: u32, header_len: u64) -> Result<()> {
+        let found = be_u32(self.header(0, header_len)?);
+        if found == expected {
+            Ok(())
+        } else {
+            Err(Error::data(
+                &self.path,
+                DataErrorKind::BadMagic { expected, found },
+            ))
+        }
     }
 
     /// Reads a payload of exactly `payload` bytes after a `header`-byte header, refusing
@@ -125,7 +140,14 @@ impl Source {
             };
             return Err(Error::data(&self.path, kind));
         }
-        let capacity = usize::try_from(payload.min(MAX_PREALLOC)).unwrap_or(0);
+        // A raw payload was checked against the file's length; a gzip one grows as it is
+        // actually decompressed beyond the first `MAX_PREALLOC` bytes.
+        let reserve = if self.gzip {
+            payload.min(MAX_PREALLOC)
+        } else {
+            payload
+        };
+        let capacity = usize::try_from(reserve).unwrap_or(0);
         let mut buf = Vec::with_capacity(capacity);
         // One byte more than announced, to tell "exactly" from "too much".
         let limit = payload.saturating_add(1);
@@ -169,21 +191,8 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-fn be_u32(bytes: &[u8], at: usize) -> u32 {
-    let mut word = [0u8; 4];
-    word.copy_from_slice(&bytes[at..at + 4]);
-    u32::from_be_bytes(word)
-}
-
-fn check_magic(path: &Path, found: u32, expected: u32) -> Result<()> {
-    if found == expected {
-        Ok(())
-    } else {
-        Err(Error::data(
-            path,
-            DataErrorKind::BadMagic { expected, found },
-        ))
-    }
+fn be_u32(bytes: [u8; 4]) -> u32 {
+    u32::from_be_bytes(bytes)
 }
 
 /// Reads an IDX file of images (magic `0x00000803`), raw or gzip-compressed.
@@ -215,12 +224,13 @@ fn check_magic(path: &Path, found: u32, expected: u32) -> Result<()> {
 /// ```
 pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
     let mut source = Source::open(path)?;
-    let header = source.header::<16>()?;
-    check_magic(path, be_u32(&header, 0), IMAGES_MAGIC)?;
-    let [n, rows, cols] = [4, 8, 12].map(|at| u64::from(be_u32(&header, at)));
-    let payload = n
-        .checked_mul(rows)
-        .and_then(|v| v.checked_mul(cols))
+    source.magic(IMAGES_MAGIC, 16)?;
+    let dims: [u8; 12] = source.header(4, 16)?;
+    let word = |at: usize| be_u32([dims[at], dims[at + 1], dims[at + 2], dims[at + 3]]);
+    let (n, rows, cols) = (word(0), word(4), word(8));
+    let payload = u64::from(n)
+        .checked_mul(u64::from(rows))
+        .and_then(|v| v.checked_mul(u64::from(cols)))
         .filter(|&v| usize::try_from(v).is_ok())
         .ok_or_else(|| {
             Error::data(
@@ -231,9 +241,8 @@ pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
             )
         })?;
     let pixels = source.payload(16, payload)?;
-    // The product fits in usize, so each factor does.
-    let to_usize = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-    Ok((pixels, to_usize(n), to_usize(rows), to_usize(cols)))
+    // Widening: fdfa needs pointers of at least 32 bits (as rayon and ndarray do).
+    Ok((pixels, n as usize, rows as usize, cols as usize))
 }
 
 /// Reads an IDX file of labels (magic `0x00000801`), raw or gzip-compressed.
@@ -255,10 +264,9 @@ pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
 /// ```
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
     let mut source = Source::open(path)?;
-    let header = source.header::<8>()?;
-    check_magic(path, be_u32(&header, 0), LABELS_MAGIC)?;
-    let n = u64::from(be_u32(&header, 4));
-    source.payload(8, n)
+    source.magic(LABELS_MAGIC, 8)?;
+    let n = be_u32(source.header(4, 8)?);
+    source.payload(8, u64::from(n))
 }
 
 /// The path of `base` in `dir`, compressed (`base.gz`) or not; the compressed one wins when
@@ -367,8 +375,8 @@ mod tests {
 
     #[test]
     fn be_u32_reads_big_endian() {
-        assert_eq!(be_u32(&[0, 0, 8, 3, 9], 0), IMAGES_MAGIC);
-        assert_eq!(be_u32(&[9, 0, 0, 0xea, 0x60], 1), 60_000);
+        assert_eq!(be_u32([0, 0, 8, 3]), IMAGES_MAGIC);
+        assert_eq!(be_u32([0, 0, 0xea, 0x60]), 60_000);
     }
 
     #[test]

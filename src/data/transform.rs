@@ -8,7 +8,9 @@
 //! `(p / 255 - 0.5) / 0.5`. Interpolation follows PyTorch's `align_corners=False` convention
 //! without antialiasing (the inputs are upscaled: a 32x32 image, or a crop of it, becomes
 //! 224x224), and rounds the interpolated value to a byte, as resizing a `uint8` image does,
-//! before normalising.
+//! before normalising. For upscaling this is also what PIL's bilinear filter computes (the
+//! reference resizes PIL images), except that PIL rounds after each of its two passes, so a
+//! pixel may differ by one grey level.
 
 use ndarray_rand::rand::Rng;
 use rayon::prelude::*;
