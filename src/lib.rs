@@ -13,6 +13,7 @@ pub mod optim;
 pub mod parallel;
 pub mod rules;
 pub mod tensor;
+pub mod train;
 
 pub use error::{DataErrorKind, Error, Result};
 pub use tensor::{Dual, Tensor};

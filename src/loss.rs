@@ -73,9 +73,14 @@ pub fn cross_entropy(logits: &Tensor, targets: &[usize], logits_grad: &mut Tenso
 /// As [`cross_entropy`].
 pub fn evaluate(logits: &Tensor, targets: &[usize]) -> Result<(f64, usize)> {
     let (_, c) = check(logits, targets)?;
+    Ok(evaluate_rows(logits.data(), c, targets))
+}
+
+/// [`evaluate`] on rows of `c` logits already checked against `targets`.
+pub(crate) fn evaluate_rows(logits: &[f32], c: usize, targets: &[usize]) -> (f64, usize) {
     let mut total = 0.0f64;
     let mut correct = 0;
-    for (row, &t) in logits.data().chunks(c).zip(targets) {
+    for (row, &t) in logits.chunks(c).zip(targets) {
         let (_, lse) = log_sum_exp(row);
         total += (lse - row[t]) as f64;
         // The first maximum, as torch.argmax does.
@@ -85,7 +90,7 @@ pub fn evaluate(logits: &Tensor, targets: &[usize]) -> Result<(f64, usize)> {
             .fold(0, |b, (j, &v)| if v > row[b] { j } else { b });
         correct += usize::from(best == t);
     }
-    Ok((total, correct))
+    (total, correct)
 }
 
 /// Directional derivatives of the mean loss along each of the `k` logit tangents

@@ -1,0 +1,483 @@
+//! The training loop: epochs of shuffled batches, the two optimizers, the learning-rate
+//! schedule, evaluation and per-epoch records.
+//!
+//! Everything random is derived from the seed: the epoch's shuffle from `(seed, epoch)`,
+//! augmentation from `(seed, epoch, batch)`, and the rule's directions from one generator
+//! whose state travels with the trainer, so a run resumed from a checkpoint continues
+//! exactly as the uninterrupted run would.
+
+mod csv_log;
+
+pub use csv_log::CsvLog;
+
+use std::ops::ControlFlow;
+
+use ndarray_rand::rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataSource;
+use crate::error::{Error, Result};
+use crate::init::{Rng, rng};
+use crate::loss::evaluate_rows;
+use crate::model::Model;
+use crate::optim::{Adam, AdamConfig, StepLr};
+use crate::rules::{Learned, LearningRule};
+use crate::tensor::Tensor;
+
+/// The training settings; `Default` holds the reference's command-line defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Samples per training batch (64).
+    pub batch_size: usize,
+    /// Samples per evaluation chunk (1000); the test loss does not depend on it.
+    pub test_batch_size: usize,
+    /// Epochs to train (100).
+    pub epochs: usize,
+    /// Forward learning rate (1e-4), decayed by `gamma` after every epoch.
+    pub lr: f32,
+    /// Feedback learning rate (1e-4), not decayed.
+    pub b_lr: f32,
+    /// Per-epoch decay of `lr` (0.95).
+    pub gamma: f32,
+    /// L2 weight decay of the forward parameters (0).
+    pub weight_decay: f32,
+    /// L2 weight decay of the feedback matrices (0).
+    pub feedback_decay: f32,
+    /// Seed of every random choice of the run.
+    pub seed: u64,
+    /// Stop after the first batch (a smoke test of the whole pipeline).
+    pub dry_run: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            test_batch_size: 1000,
+            epochs: 100,
+            lr: 1e-4,
+            b_lr: 1e-4,
+            gamma: 0.95,
+            weight_decay: 0.0,
+            feedback_decay: 0.0,
+            seed: 1,
+            dry_run: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every value once, so that a run cannot start with a setting it cannot honour.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] naming the first offending field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field, reason: &str| Err(Error::config("training", field, reason));
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be positive");
+        }
+        if self.test_batch_size == 0 {
+            return bad("test_batch_size", "must be positive");
+        }
+        for (field, v) in [
+            ("lr", self.lr),
+            ("b_lr", self.b_lr),
+            ("weight_decay", self.weight_decay),
+            ("feedback_decay", self.feedback_decay),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return bad(field, "must be finite and non-negative");
+            }
+        }
+        if !(self.gamma > 0.0 && self.gamma <= 1.0) {
+            return bad("gamma", "must lie in (0, 1]");
+        }
+        Ok(())
+    }
+}
+
+/// One row of the training log.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// Mean of the epoch's batch losses.
+    pub train_loss: f64,
+    /// Mean over test batches of `batch_size` of the batch-mean cross-entropy (the
+    /// reference's definition).
+    pub test_loss: f64,
+    /// Fraction of the test set classified correctly, in percent.
+    pub test_accuracy: f64,
+}
+
+/// What the trainer reports after every batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchEvent {
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// Batches done in this epoch (from 1).
+    pub batch: usize,
+    /// Batches in this epoch.
+    pub batches: usize,
+    /// This batch's loss.
+    pub loss: f32,
+    /// Mean loss of the epoch so far.
+    pub running_loss: f64,
+    /// Samples in this batch.
+    pub samples: usize,
+}
+
+/// Where a run stands: everything besides tensors that a checkpoint must save to resume
+/// exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Epochs completed.
+    pub epoch: usize,
+    /// Batches completed in the current epoch.
+    pub batch: usize,
+    /// Sum of the current epoch's batch losses so far.
+    pub loss_sum: f64,
+    /// The generator of the rule's random numbers.
+    pub rng: Rng,
+    /// The records of the completed epochs.
+    pub records: Vec<EpochRecord>,
+}
+
+/// Trains a model with a learning rule.
+///
+/// ```
+/// use fdfa::data::{DataSource, Dataset};
+/// use fdfa::rules::RuleKind;
+/// use fdfa::train::{TrainConfig, Trainer};
+///
+/// // 64 random 4x4 "images" of 2 classes.
+/// let pixels: Vec<u8> = (0..64 * 16).map(|i| ((i * 37) % 256) as u8).collect();
+/// let labels: Vec<u32> = (0..64).map(|i| (i % 2) as u32).collect();
+/// let data = Dataset::new(pixels, labels, [1, 4, 4], 2)?;
+///
+/// let mut rng = fdfa::init::rng(0);
+/// let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
+/// let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
+/// let config = TrainConfig { batch_size: 16, epochs: 2, ..TrainConfig::default() };
+/// let mut trainer = Trainer::new(model, rule, config)?;
+/// let records = trainer.fit(&data, &data, &mut |_| std::ops::ControlFlow::Continue(()))?;
+/// assert_eq!(records.len(), 2);
+/// assert!(records[1].test_accuracy >= 0.0);
+/// # Ok::<(), fdfa::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Trainer {
+    /// The network.
+    pub model: Model,
+    /// The learning rule (owning its feedback matrices).
+    pub rule: Box<dyn LearningRule>,
+    /// The forward parameters' optimizer.
+    pub forward_opt: Adam,
+    /// The learned feedback matrices' optimizer.
+    pub feedback_opt: Adam,
+    schedule: StepLr,
+    config: TrainConfig,
+    progress: Progress,
+    x: Tensor,
+    targets: Vec<usize>,
+    order: Vec<usize>,
+}
+
+/// A generator for one purpose of one epoch (and batch) of a run.
+fn derived_rng(seed: u64, purpose: u64, epoch: usize, batch: usize) -> Rng {
+    let mut r = rng(seed ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    r.set_stream(((epoch as u64) << 32) | batch as u64);
+    r
+}
+
+const SHUFFLE: u64 = 1;
+const AUGMENT: u64 = 2;
+const DIRECTIONS: u64 = 3;
+
+impl Trainer {
+    /// A trainer at epoch 0.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `config` does not validate.
+    pub fn new(model: Model, rule: Box<dyn LearningRule>, config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        let forward_opt = AdamConfig::default()
+            .with_lr(config.lr)
+            .with_weight_decay(config.weight_decay)
+            .init()?;
+        let feedback_opt = AdamConfig::default()
+            .with_lr(config.b_lr)
+            .with_weight_decay(config.feedback_decay)
+            .init()?;
+        Ok(Self {
+            model,
+            rule,
+            forward_opt,
+            feedback_opt,
+            schedule: StepLr::new(config.lr, config.gamma),
+            progress: Progress {
+                epoch: 0,
+                batch: 0,
+                loss_sum: 0.0,
+                rng: derived_rng(config.seed, DIRECTIONS, 0, 0),
+                records: Vec::new(),
+            },
+            config,
+            x: Tensor::default(),
+            targets: Vec::new(),
+            order: Vec::new(),
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// Where the run stands.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// Restores a saved position (with [`forward_opt`](Self::forward_opt) and
+    /// [`feedback_opt`](Self::feedback_opt) restored by the caller); the learning rate
+    /// follows the schedule.
+    pub fn restore_progress(&mut self, progress: Progress) {
+        self.forward_opt.set_lr(self.schedule.lr(progress.epoch));
+        self.progress = progress;
+    }
+
+    /// Whether every epoch has run.
+    pub fn finished(&self) -> bool {
+        self.progress.epoch >= self.config.epochs
+    }
+
+    /// Runs the current epoch from where it stands. `on_batch` is called after every
+    /// batch; returning `Break` stops after that batch with the position saved in
+    /// [`progress`](Self::progress) (for a checkpoint or a clean Ctrl-C).
+    ///
+    /// Returns the epoch's mean training loss when the epoch completed.
+    ///
+    /// # Errors
+    /// [`Error::NonFinite`] when the loss, a gradient or a parameter stops being finite;
+    /// whatever the data source or the rule reports.
+    pub fn train_epoch(
+        &mut self,
+        train: &dyn DataSource,
+        on_batch: &mut dyn FnMut(&BatchEvent) -> ControlFlow<()>,
+    ) -> Result<Option<f64>> {
+        let epoch = self.progress.epoch + 1;
+        let n = train.len();
+        let bs = self.config.batch_size;
+        let batches = n.div_ceil(bs);
+        self.order.clear();
+        self.order.extend(0..n);
+        self.order
+            .shuffle(&mut derived_rng(self.config.seed, SHUFFLE, epoch, 0));
+        let [c, h, w] = train.sample_shape();
+        while self.progress.batch < batches {
+            let b = self.progress.batch;
+            let indices = &self.order[b * bs..((b + 1) * bs).min(n)];
+            let m = indices.len();
+            self.x.resize(&[m, c, h, w]);
+            self.targets.resize(m, 0);
+            let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
+            train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
+            let report = self.step(epoch, b)?;
+            self.progress.batch += 1;
+            self.progress.loss_sum += report as f64;
+            let event = BatchEvent {
+                epoch,
+                batch: b + 1,
+                batches,
+                loss: report,
+                running_loss: self.progress.loss_sum / (b + 1) as f64,
+                samples: m,
+            };
+            if on_batch(&event).is_break() || self.config.dry_run {
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.progress.loss_sum / batches.max(1) as f64))
+    }
+
+    /// One training step on the batch in `self.x`: gradients, then the feedback optimizer,
+    /// then the forward one, with the non-finite guard.
+    fn step(&mut self, epoch: usize, batch: usize) -> Result<f32> {
+        let nonfinite = |tensor: String| Error::NonFinite {
+            tensor,
+            epoch,
+            batch,
+        };
+        let x = self.model_input_view();
+        let report = self
+            .rule
+            .step(&mut self.model, &x, &self.targets, &mut self.progress.rng)?;
+        self.x = x.into_tensor();
+        if !report.loss.is_finite() {
+            return Err(nonfinite("loss".into()));
+        }
+        let mut bad = None;
+        let mut check = |name: &str, t: &Tensor, what: &str| {
+            if bad.is_none() && !t.is_finite() {
+                bad = Some(format!("{name}{what}"));
+            }
+        };
+        self.model
+            .visit_params(&mut |name, p| check(name, &p.grad, ".grad"));
+        self.rule
+            .visit_learned(&mut |name, p| check(name, &p.grad, ".grad"));
+        if let Some(name) = bad.take() {
+            return Err(nonfinite(name));
+        }
+        self.feedback_opt.step(&mut Learned(self.rule.as_mut()));
+        self.forward_opt.step(&mut self.model);
+        let mut check = |name: &str, t: &Tensor| {
+            if bad.is_none() && !t.is_finite() {
+                bad = Some(name.to_string());
+            }
+        };
+        self.model
+            .visit_params(&mut |name, p| check(name, &p.value));
+        self.rule
+            .visit_learned(&mut |name, p| check(name, &p.value));
+        match bad {
+            Some(name) => Err(nonfinite(name)),
+            None => Ok(report.loss),
+        }
+    }
+
+    /// The batch reshaped to the model's input shape (a move, not a copy).
+    fn model_input_view(&mut self) -> InputBatch {
+        let mut shape = vec![self.targets.len()];
+        shape.extend_from_slice(self.model.input_shape());
+        InputBatch::new(std::mem::take(&mut self.x), &shape)
+    }
+
+    /// Closes the current epoch: records it with the test results and decays the learning
+    /// rate.
+    ///
+    /// # Errors
+    /// As [`evaluate`](Self::evaluate).
+    pub fn finish_epoch(&mut self, train_loss: f64, test: &dyn DataSource) -> Result<EpochRecord> {
+        let (test_loss, test_accuracy) = self.evaluate(test)?;
+        self.progress.epoch += 1;
+        self.progress.batch = 0;
+        self.progress.loss_sum = 0.0;
+        let record = EpochRecord {
+            epoch: self.progress.epoch,
+            train_loss,
+            test_loss,
+            test_accuracy,
+        };
+        self.progress.records.push(record);
+        self.forward_opt
+            .set_lr(self.schedule.lr(self.progress.epoch));
+        Ok(record)
+    }
+
+    /// Test loss and accuracy (percent) in inference mode.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when the data does not fit the model; whatever the source reports.
+    pub fn evaluate(&mut self, test: &dyn DataSource) -> Result<(f64, f64)> {
+        let n = test.len();
+        let bs = self.config.batch_size;
+        // Chunks are whole multiples of the training batch size, so that the test loss can be
+        // averaged over batches of that size as the reference does.
+        let chunk = (self.config.test_batch_size / bs).max(1) * bs;
+        let [c, h, w] = test.sample_shape();
+        let classes = self.model.classes();
+        let (mut loss_sum, mut groups, mut correct) = (0.0f64, 0usize, 0usize);
+        let mut indices = Vec::with_capacity(chunk);
+        let mut x = Tensor::default();
+        let mut targets = Vec::new();
+        let mut shape = vec![0];
+        shape.extend_from_slice(self.model.input_shape());
+        for start in (0..n).step_by(chunk) {
+            let m = chunk.min(n - start);
+            indices.clear();
+            indices.extend(start..start + m);
+            x.resize(&[m, c, h, w]);
+            targets.resize(m, 0);
+            test.fill_batch(&indices, 0, x.data_mut(), &mut targets)?;
+            shape[0] = m;
+            let input = InputBatch::new(std::mem::take(&mut x), &shape);
+            let logits = self.model.infer(&input)?;
+            x = input.into_tensor();
+            if let Some(t) = targets.iter().find(|&&t| t >= classes) {
+                return Err(Error::shape(
+                    "evaluate",
+                    format!("targets below {classes}"),
+                    &[*t],
+                ));
+            }
+            for (rows, ts) in logits.data().chunks(bs * classes).zip(targets.chunks(bs)) {
+                let (sum, ok) = evaluate_rows(rows, classes, ts);
+                loss_sum += sum / ts.len() as f64;
+                groups += 1;
+                correct += ok;
+            }
+        }
+        Ok((
+            loss_sum / groups.max(1) as f64,
+            100.0 * correct as f64 / n.max(1) as f64,
+        ))
+    }
+
+    /// Trains until every epoch has run (or one batch with `dry_run`), calling `on_batch`
+    /// after every batch; returns the epoch records.
+    ///
+    /// # Errors
+    /// As [`train_epoch`](Self::train_epoch) and [`evaluate`](Self::evaluate).
+    pub fn fit(
+        &mut self,
+        train: &dyn DataSource,
+        test: &dyn DataSource,
+        on_batch: &mut dyn FnMut(&BatchEvent) -> ControlFlow<()>,
+    ) -> Result<Vec<EpochRecord>> {
+        while !self.finished() {
+            match self.train_epoch(train, on_batch)? {
+                Some(loss) => {
+                    self.finish_epoch(loss, test)?;
+                }
+                None => {
+                    if self.config.dry_run {
+                        let loss = self.progress.loss_sum;
+                        self.finish_epoch(loss, test)?;
+                    }
+                    break;
+                }
+            }
+        }
+        Ok(self.progress.records.clone())
+    }
+}
+
+/// A batch tensor viewed with the model's input shape; gives the buffer back afterwards.
+struct InputBatch(Tensor);
+
+impl InputBatch {
+    fn new(t: Tensor, shape: &[usize]) -> Self {
+        let data = t.into_vec();
+        Self(Tensor::from_vec(shape, data).unwrap_or_else(|_| unreachable!("same element count")))
+    }
+
+    fn into_tensor(self) -> Tensor {
+        self.0
+    }
+}
+
+impl std::ops::Deref for InputBatch {
+    type Target = Tensor;
+
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
+}
+
+/// A `u64` seed for one purpose of one batch.
+fn derived_seed(seed: u64, purpose: u64, epoch: usize, batch: usize) -> u64 {
+    use ndarray_rand::rand::RngCore;
+    derived_rng(seed, purpose, epoch, batch).next_u64()
+}
