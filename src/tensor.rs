@@ -278,8 +278,11 @@ impl Dual {
     }
 
     /// Reshapes the primal to `shape` and declares `k` tangents of the same shape, reusing
-    /// buffers. Values are unspecified afterwards.
-    pub(crate) fn resize(&mut self, shape: &[usize], k: usize) {
+    /// buffers: what a layer's forward does to its output. Values are unspecified afterwards.
+    ///
+    /// # Panics
+    /// When `shape` has more than 8 axes.
+    pub fn resize(&mut self, shape: &[usize], k: usize) {
         self.primal.resize(shape);
         self.k = k;
         if k > 0 {
@@ -296,9 +299,17 @@ impl Dual {
         self.k = 0;
     }
 
-    /// Turns a structural-zero tangent into `k` explicit zero tangents; no-op when tangents
-    /// are already present.
-    pub(crate) fn ensure_tangent(&mut self, k: usize) {
+    /// Turns a structural-zero tangent into `k` explicit zero tangents (a no-op when tangents
+    /// are already present), e.g. in a [`Model::forward`](crate::model::Model::forward) hook
+    /// that adds directions.
+    ///
+    /// ```
+    /// use fdfa::{Dual, Tensor};
+    /// let mut h = Dual::new(Tensor::zeros(&[2, 3]));
+    /// h.ensure_tangent(4);
+    /// assert_eq!(h.tangent().map(|t| t.shape().to_vec()), Some(vec![8, 3]));
+    /// ```
+    pub fn ensure_tangent(&mut self, k: usize) {
         if self.k == 0 {
             let shape = self.primal.shape().to_vec();
             self.resize(&shape, k);
