@@ -13,5 +13,6 @@ mod conv2d;
 mod flatten;
 mod harness;
 mod linear;
+mod loss;
 mod max_pool;
 mod relu;
