@@ -427,8 +427,11 @@ pub fn check_backward<L: Layer + Clone>(
     }
 }
 
-/// Adjoint identity `<r, J v> = <Jᵀ r, v>` from the layer's own JVP and backward, with the
-/// input direction `v` and, when `with_params`, a direction for every parameter too.
+/// Adjoint identity `<r, J v> = <Jᵀ r, v>` from the layer's own JVP and backward: along a
+/// random input direction and, when `with_params`, along a random direction of each parameter
+/// alone (the input tangent the structural zero) and along all of them together. Three draws
+/// of the directions and of `r`, so that an error confined to a few elements of a Jacobian
+/// cannot hide behind one unlucky draw that gives them little weight.
 pub fn check_adjoint<L: Layer + Clone>(
     name: &str,
     layer: &L,
@@ -436,27 +439,52 @@ pub fn check_adjoint<L: Layer + Clone>(
     seed: u64,
     with_params: bool,
 ) {
-    let v = randn(x.shape(), seed);
+    for draw in 0..3 {
+        let seed = seed + 100 * draw;
+        let name = format!("{name} (draw {draw})");
+        let v = randn(x.shape(), seed);
+        adjoint_once(&name, layer, x, Some(&v), &[], seed + 1);
+        if with_params {
+            let all = param_directions(&mut layer.clone(), seed + 10);
+            for one in &all {
+                let name = format!("{name}: `{}` alone", one.0);
+                adjoint_once(&name, layer, x, None, std::slice::from_ref(one), seed + 2);
+            }
+            let name = format!("{name}: input and all parameters");
+            adjoint_once(&name, layer, x, Some(&v), &all, seed + 3);
+        }
+    }
+}
+
+/// `<r, J (v, dθ)> = <Jᵀ r, (v, dθ)>` for one random `r` (seed `r_seed`); `v = None` is the
+/// structural-zero input tangent. The tolerance is [`ADJOINT_REL`] of the sum of the absolute
+/// terms of either side, the scale of their rounding errors.
+fn adjoint_once<L: Layer + Clone>(
+    name: &str,
+    layer: &L,
+    x: &Tensor,
+    v: Option<&Tensor>,
+    param_dirs: &[(String, Tensor)],
+    r_seed: u64,
+) {
     let mut l = layer.clone();
-    let param_dirs = if with_params {
-        param_directions(&mut l, seed + 10)
-    } else {
-        Vec::new()
-    };
-    set_param_tangents(&mut l, &param_dirs);
+    set_param_tangents(&mut l, param_dirs);
     let mut y = Dual::default();
-    l.forward(&dual(x, std::slice::from_ref(&v)), &mut y)
-        .unwrap();
-    let r = randn(y.primal().shape(), seed + 1);
+    let dirs: Vec<Tensor> = v.into_iter().cloned().collect();
+    l.forward(&dual(x, &dirs), &mut y).unwrap();
+    assert_eq!(y.directions(), 1, "{name}: one output tangent");
+    let r = randn(y.primal().shape(), r_seed);
     let jv = y.tangent().unwrap();
     let lhs = dot(r.data(), jv.data());
     let lhs_scale = dot_abs(r.data(), jv.data());
 
     let mut gx = Tensor::default();
     l.backward(x, y.primal(), &r, Some(&mut gx)).unwrap();
-    let mut rhs = dot(gx.data(), v.data());
-    let mut rhs_scale = dot_abs(gx.data(), v.data());
-    for (pname, d) in &param_dirs {
+    let (mut rhs, mut rhs_scale) = match v {
+        Some(v) => (dot(gx.data(), v.data()), dot_abs(gx.data(), v.data())),
+        None => (0.0, 0.0),
+    };
+    for (pname, d) in param_dirs {
         let g = param(&mut l, pname).grad;
         rhs += dot(g.data(), d.data());
         rhs_scale += dot_abs(g.data(), d.data());
