@@ -565,6 +565,103 @@ pub fn check_per_sample<L: Layer + Clone>(
     }
 }
 
+/// Output buffers are reused from step to step: a training forward into a [`Dual`] left over
+/// from a different shape and number of tangents, all NaN, and a backward into NaN gradient
+/// buffers of the wrong size must give bit for bit what fresh buffers give. A forward without
+/// tangents into a buffer that had some leaves the structural zero.
+pub fn check_buffer_reuse<L: Layer + Clone>(
+    name: &str,
+    layer: &L,
+    x: &Tensor,
+    dirs: &[Tensor],
+    param_dirs: &[(String, Tensor)],
+) {
+    let run = |y: &mut Dual, gx: &mut Tensor, nan_grads: bool| {
+        let mut l = layer.clone();
+        set_param_tangents(&mut l, param_dirs);
+        if nan_grads {
+            for n in param_names(&mut l) {
+                with_param(&mut l, &n, |p| {
+                    p.grad = Tensor::from_vec(&[3], vec![f32::NAN; 3]).unwrap()
+                });
+            }
+        }
+        l.forward(&dual(x, dirs), y).unwrap();
+        let r = randn(y.primal().shape(), 77);
+        l.backward(x, y.primal(), &r, Some(gx)).unwrap();
+        let grads: Vec<Tensor> = param_names(&mut l)
+            .iter()
+            .map(|n| param(&mut l, n).grad)
+            .collect();
+        grads
+    };
+    let (mut fresh_y, mut fresh_gx) = (Dual::default(), Tensor::default());
+    let fresh_grads = run(&mut fresh_y, &mut fresh_gx, false);
+
+    let mut stale_shape = fresh_y.primal().shape().to_vec();
+    stale_shape[0] += 1;
+    let stale: usize = stale_shape.iter().product();
+    let nan = |len: usize| vec![f32::NAN; len];
+    let primal = Tensor::from_vec(&stale_shape, nan(stale)).unwrap();
+    let mut tshape = stale_shape.clone();
+    tshape[0] *= 2;
+    let tangent = Tensor::from_vec(&tshape, nan(2 * stale)).unwrap();
+    let mut y = Dual::with_tangents(primal, tangent, 2).unwrap();
+    let mut gx = Tensor::from_vec(&[x.len() + 3], nan(x.len() + 3)).unwrap();
+    let grads = run(&mut y, &mut gx, true);
+
+    assert_eq!(y.primal().shape(), fresh_y.primal().shape(), "{name}");
+    assert_bits_eq(
+        &format!("{name}: reused output"),
+        y.primal().data(),
+        fresh_y.primal().data(),
+    );
+    assert_eq!(
+        y.directions(),
+        fresh_y.directions(),
+        "{name}: reused tangents"
+    );
+    if let Some(t) = fresh_y.tangent() {
+        assert_eq!(y.tangent().unwrap().shape(), t.shape(), "{name}");
+        assert_bits_eq(
+            &format!("{name}: reused tangents"),
+            y.tangent().unwrap().data(),
+            t.data(),
+        );
+    }
+    assert_eq!(
+        gx.shape(),
+        fresh_gx.shape(),
+        "{name}: reused input gradient"
+    );
+    assert_bits_eq(
+        &format!("{name}: reused input gradient"),
+        gx.data(),
+        fresh_gx.data(),
+    );
+    for (g, f) in grads.iter().zip(&fresh_grads) {
+        assert_eq!(g.shape(), f.shape(), "{name}: reused parameter gradient");
+        assert_bits_eq(
+            &format!("{name}: reused parameter gradient"),
+            g.data(),
+            f.data(),
+        );
+    }
+
+    let mut l = layer.clone();
+    set_param_tangents(&mut l, &[]);
+    l.forward(&Dual::new(x.clone()), &mut y).unwrap();
+    assert!(
+        y.tangent().is_none(),
+        "{name}: tangent after a tangent-free forward"
+    );
+    assert_bits_eq(
+        &format!("{name}: primal after reuse"),
+        y.primal().data(),
+        &train_primal(layer, x).into_vec(),
+    );
+}
+
 /// Asserts that `result` is an [`Error::Shape`] raised by `layer` for the shape `got`, and
 /// that its message names both.
 pub fn assert_shape_error<T: std::fmt::Debug>(result: fdfa::Result<T>, layer: &str, got: &[usize]) {

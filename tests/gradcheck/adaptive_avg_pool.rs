@@ -147,3 +147,21 @@ fn wrong_shapes_are_errors() {
     check_rejects(&p, &[0, 2, 13, 13]);
     check_rejects_grad(&p, &randn(&[1, 2, 13, 13], 999));
 }
+
+#[test]
+fn reused_buffers_give_fresh_results() {
+    for (t, case) in CASES.iter().enumerate() {
+        let &(oh, ow, shape) = case;
+        let x = randn(&shape, 1000 + t as u64);
+        for k in [0, 1, 3] {
+            let dirs = directions(&shape, k, 1010);
+            check_buffer_reuse(
+                &format!("{} k={k}", describe(case)),
+                &pool(oh, ow),
+                &x,
+                &dirs,
+                &[],
+            );
+        }
+    }
+}

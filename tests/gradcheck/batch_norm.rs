@@ -293,3 +293,18 @@ fn wrong_shapes_are_errors() {
     check_rejects(&d2, &[2, 3, 4]);
     check_rejects_grad(&d2, &input(&[2, 3, 2, 2], 523));
 }
+
+#[test]
+fn reused_buffers_give_fresh_results() {
+    for (t, shape) in SHAPES.iter().enumerate() {
+        let mut l = layer(shape, 530 + t as u64);
+        let x = input(shape, 540 + t as u64);
+        let p = param_directions(&mut l, 550);
+        for k in [0, 1, 3] {
+            let dirs = directions(shape, k, 560);
+            check_buffer_reuse(&format!("{} k={k}", describe(shape)), &l, &x, &dirs, &[]);
+            let name = format!("{} k={k} + params", describe(shape));
+            check_buffer_reuse(&name, &l, &x, &dirs, &p);
+        }
+    }
+}

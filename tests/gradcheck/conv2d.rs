@@ -214,3 +214,17 @@ fn wrong_shapes_are_errors() {
     );
     check_rejects(&padded, &[1, 2, 2, 3]);
 }
+
+#[test]
+fn reused_buffers_give_fresh_results() {
+    let case: Case = (2, 3, 3, 2, 1, [5, 7, 6]);
+    let mut l = layer(&case, true);
+    let shape = input_shape(&case);
+    let x = randn(&shape, 250);
+    let p = param_directions(&mut l, 251);
+    for k in [0, 1, 3] {
+        let dirs = directions(&shape, k, 252);
+        check_buffer_reuse(&format!("conv k={k}"), &l, &x, &dirs, &[]);
+        check_buffer_reuse(&format!("conv k={k} + params"), &l, &x, &dirs, &p);
+    }
+}

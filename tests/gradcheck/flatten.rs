@@ -66,3 +66,19 @@ fn wrong_shapes_are_errors() {
     check_rejects(&f, &[0, 2, 3]);
     check_rejects_grad(&f, &Tensor::zeros(&[2, 2, 3]));
 }
+
+#[test]
+fn reused_buffers_give_fresh_results() {
+    let shape = [3, 2, 2, 3];
+    let x = randn(&shape, 790);
+    for k in [0, 1, 3] {
+        let dirs = directions(&shape, k, 791);
+        check_buffer_reuse(
+            &format!("flatten k={k}"),
+            &Flatten::new("flatten"),
+            &x,
+            &dirs,
+            &[],
+        );
+    }
+}

@@ -145,3 +145,15 @@ fn wrong_shapes_are_errors() {
     check_rejects(&l, &[0, 7]);
     check_rejects_grad(&l, &randn(&[2, 7], 17));
 }
+
+#[test]
+fn reused_buffers_give_fresh_results() {
+    let mut l = layer(7, 5, true);
+    let x = randn(&[3, 7], 18);
+    let p = param_directions(&mut l, 19);
+    for k in [0, 1, 3] {
+        let dirs = directions(&[3, 7], k, 20);
+        check_buffer_reuse(&format!("linear k={k}"), &l, &x, &dirs, &[]);
+        check_buffer_reuse(&format!("linear k={k} + params"), &l, &x, &dirs, &p);
+    }
+}

@@ -161,3 +161,21 @@ fn wrong_shapes_are_errors() {
     check_rejects(&p, &[0, 1, 5, 5]);
     check_rejects_grad(&p, &distinct(&[1, 2, 5, 5], SPACING, 899));
 }
+
+#[test]
+fn reused_buffers_give_fresh_results() {
+    for (t, case) in CASES.iter().enumerate() {
+        let &(k, s, shape) = case;
+        let x = distinct(&shape, SPACING, 900 + t as u64);
+        for kk in [0, 1, 3] {
+            let dirs = bounded_directions(&shape, kk, 910);
+            check_buffer_reuse(
+                &format!("{} k={kk}", describe(case)),
+                &pool(k, s),
+                &x,
+                &dirs,
+                &[],
+            );
+        }
+    }
+}

@@ -119,3 +119,13 @@ fn wrong_shapes_are_errors() {
     check_rejects(&relu, &[]);
     check_rejects_grad(&relu, &away_from_zero(&[2, 3], MARGIN, 690));
 }
+
+#[test]
+fn reused_buffers_give_fresh_results() {
+    let shape = [3, 2, 2, 3];
+    let x = away_from_zero(&shape, MARGIN, 695);
+    for k in [0, 1, 3] {
+        let dirs = bounded_directions(&shape, k, 696);
+        check_buffer_reuse(&format!("relu k={k}"), &Relu::new("relu"), &x, &dirs, &[]);
+    }
+}
