@@ -15,25 +15,27 @@ const SHAPES: [&[usize]; 4] = [&[5, 4], &[3, 3], &[3, 2, 3, 4], &[1, 3, 3, 5]];
 
 /// A layer with a non-trivial scale and shift (and running statistics).
 fn layer(shape: &[usize], seed: u64) -> BatchNorm {
+    configured(shape, seed, |c| c)
+}
+
+/// [`layer`] with its configuration changed by `f`.
+fn configured(
+    shape: &[usize],
+    seed: u64,
+    f: impl FnOnce(BatchNormConfig) -> BatchNormConfig,
+) -> BatchNorm {
     let c = shape[1];
     let config = if shape.len() == 2 {
         BatchNormConfig::d1(c)
     } else {
         BatchNormConfig::d2(c)
     };
-    let mut l = config.with_name("bn").init().unwrap();
-    l.weight.value = axpy(
-        &Tensor::from_vec(&[c], vec![1.0; c]).unwrap(),
-        0.5,
-        &randn(&[c], seed),
-    );
+    let mut l = f(config.with_name("bn")).init().unwrap();
+    let ones = Tensor::from_vec(&[c], vec![1.0; c]).unwrap();
+    l.weight.value = axpy(&ones, 0.5, &randn(&[c], seed));
     l.bias.value = randn(&[c], seed + 1);
     l.running_mean = randn(&[c], seed + 2);
-    l.running_var = axpy(
-        &Tensor::from_vec(&[c], vec![1.0; c]).unwrap(),
-        0.5,
-        &uniform(&[c], 1.0, seed + 3),
-    );
+    l.running_var = axpy(&ones, 0.5, &uniform(&[c], 1.0, seed + 3));
     l
 }
 
@@ -169,23 +171,15 @@ fn parameter_tangents_match_finite_differences() {
 
 /// One training forward moves the running statistics by `momentum` towards the batch mean
 /// and the unbiased batch variance (`m / (m - 1)` times the biased one, `m = n h w`), and
-/// counts the batch; inference then uses them.
+/// counts the batch; inference then uses them. Momentum 0 keeps the old statistics, 1 takes
+/// the batch's.
 #[test]
 fn running_statistics_follow_the_momentum_update() {
     for (t, shape) in SHAPES.iter().enumerate() {
-        for momentum in [0.1f32, 0.3] {
+        assert_eq!(layer(shape, 0).config().momentum, 0.1, "PyTorch's default");
+        for momentum in [0.1f32, 0.3, 0.0, 1.0] {
             let name = format!("{} momentum {momentum}", describe(shape));
-            let mut l = layer(shape, 460 + t as u64);
-            if momentum != 0.1 {
-                let mut c = l.config().clone().with_momentum(momentum).init().unwrap();
-                c.weight = l.weight.clone();
-                c.bias = l.bias.clone();
-                c.running_mean = l.running_mean.clone();
-                c.running_var = l.running_var.clone();
-                l = c;
-            } else {
-                assert_eq!(l.config().momentum, 0.1, "PyTorch's default");
-            }
+            let mut l = configured(shape, 460 + t as u64, |c| c.with_momentum(momentum));
             let (old_mean, old_var) = (to_f64(&l.running_mean), to_f64(&l.running_var));
             let x = input(shape, 470 + t as u64);
             let (mean, var) = batch_stats(&x);
@@ -306,5 +300,33 @@ fn reused_buffers_give_fresh_results() {
             let name = format!("{} k={k} + params", describe(shape));
             check_buffer_reuse(&name, &l, &x, &dirs, &p);
         }
+    }
+}
+
+/// A large `eps` (0.5, against unit variances) weighs as much as the variance: the JVP, the
+/// backward and the primal must all normalise by `sqrt(var + eps)`, not `sqrt(var)`.
+#[test]
+fn large_eps_is_honoured() {
+    for (t, shape) in SHAPES.iter().enumerate() {
+        let mut l = configured(shape, 570 + t as u64, |c| c.with_eps(0.5));
+        let x = input(shape, 580 + t as u64);
+        let name = format!("{} eps 0.5", describe(shape));
+        let (mean, var) = batch_stats(&x);
+        let got = train_primal(&l, &x);
+        assert_close_f64(
+            &name,
+            &to_f64(&got),
+            &normalise(&x, &mean, &var, &l),
+            1e-5,
+            1e-5,
+        );
+        let p = param_directions(&mut l, 590);
+        check_jvp(&name, &l, &x, &directions(shape, 2, 591), &p, H);
+        check_backward(&name, &l, &x, 592, H, usize::MAX);
+        check_adjoint(&name, &l, &x, 593, true);
+        let mut y = Tensor::default();
+        l.infer(&x, &mut y).unwrap();
+        let want = normalise(&x, &to_f64(&l.running_mean), &to_f64(&l.running_var), &l);
+        assert_close_f64(&format!("{name} inference"), &to_f64(&y), &want, 1e-5, 1e-5);
     }
 }
