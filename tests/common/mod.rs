@@ -5,8 +5,9 @@
 //! in `f32` and the difference and every projection taken in `f64`. The step `h` is chosen per
 //! layer by the caller: for piecewise-linear layers the truncation error is zero and the noise
 //! is the `f32` rounding of the outputs, about `1e-7 |y| / h`; for BatchNorm and the loss the
-//! truncation error is `O(h²)`. With `h = 1e-2` both stay below `1e-4` relative, far under the
-//! [`FD_REL`] tolerance.
+//! truncation error is `O(h²)`, about `1e-4` relative for `h = 1e-2` at unit scale. Measured
+//! with the suite's seeds, the worst finite-difference comparison uses under a tenth of the
+//! [`FD_REL`] tolerance and the worst adjoint gap under a thousandth of [`ADJOINT_REL`].
 //!
 //! Set `FDFA_TEST_VERBOSE=1` (with `--nocapture`) to print how close every comparison came to
 //! its tolerance.
