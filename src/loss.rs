@@ -23,11 +23,13 @@ fn check(logits: &Tensor, targets: &[usize]) -> Result<(usize, usize)> {
     Ok((shape[0], c))
 }
 
-/// Log-sum-exp of one row, shifted by its maximum so that large logits do not overflow.
-fn log_sum_exp(row: &[f32]) -> (f32, f32) {
+/// The maximum `m` of one row and `sum exp(v - m)`, so that large logits do not overflow:
+/// `log-sum-exp = m + ln(sum)`. Callers form `(m - v) + ln(sum)`, never `m + ln(sum)` first,
+/// which would round to the spacing of `f32` at the logits' magnitude (`1e-3` at `1e4`).
+fn shifted_sum_exp(row: &[f32]) -> (f32, f32) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-    (max, max + sum.ln())
+    (max, sum)
 }
 
 /// Mean cross-entropy of `logits` (`[N, C]`) against class indices; writes
@@ -56,9 +58,9 @@ pub fn cross_entropy(logits: &Tensor, targets: &[usize], logits_grad: &mut Tenso
         .zip(logits_grad.data_mut().chunks_mut(c))
         .zip(targets)
     {
-        let (max, lse) = log_sum_exp(row);
-        total += (lse - row[t]) as f64;
-        let scale = (max - lse).exp();
+        let (max, sum) = shifted_sum_exp(row);
+        total += (max as f64 - row[t] as f64) + (sum as f64).ln();
+        let scale = 1.0 / sum;
         for (g, &v) in grad.iter_mut().zip(row) {
             *g = (v - max).exp() * scale / n as f32;
         }
@@ -81,8 +83,8 @@ pub(crate) fn evaluate_rows(logits: &[f32], c: usize, targets: &[usize]) -> (f64
     let mut total = 0.0f64;
     let mut correct = 0;
     for (row, &t) in logits.chunks(c).zip(targets) {
-        let (_, lse) = log_sum_exp(row);
-        total += (lse - row[t]) as f64;
+        let (max, sum) = shifted_sum_exp(row);
+        total += (max as f64 - row[t] as f64) + (sum as f64).ln();
         // The first maximum, as torch.argmax does.
         let best = row
             .iter()
