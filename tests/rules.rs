@@ -161,8 +161,8 @@ fn dfa_and_dkp_deliver_e_b_and_dkp_learns_e_transpose_h() {
         let mut e = Tensor::default();
         cross_entropy(model.output().unwrap().primal(), &targets, &mut e).unwrap();
         let fb = rule.feedback().unwrap().clone();
-        for l in 0..2 {
-            let signal = probes[l].lock().unwrap().clone();
+        for (l, probe) in probes.iter().enumerate() {
+            let signal = probe.lock().unwrap().clone();
             assert_exact(
                 &format!("{kind} signal {l}"),
                 signal.data(),
