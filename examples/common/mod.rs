@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 /// Flags of the reference's training scripts, plus `--data-dir`, `--threads` and
 /// `--directions`.
 #[derive(Parser, Debug, Clone)]
+#[command(allow_negative_numbers = true)]
 pub struct Args {
     /// Input batch size for training.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]

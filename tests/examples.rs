@@ -1,0 +1,133 @@
+//! Every dataset example runs end to end with `--dry-run`: MNIST from the repository,
+//! Fashion-MNIST from the system folder when installed (else MNIST's files, which have the
+//! same layout), and CIFAR-10/100 from tiny files in the official binary layout written here.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fdfa-examples-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs `cargo run --example <name> -- <args>` in this test's profile; returns the CSV logs
+/// it wrote under `log_dir`.
+fn run_example(name: &str, args: &[&str], log_dir: &Path) -> Vec<String> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["run", "--quiet", "--example", name]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .arg("--")
+        .args(args)
+        .args(["--dry-run", "--log-dir", log_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{name} {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("Epoch 1:"), "{name} printed no epoch summary:\n{stdout}");
+    let mut logs = Vec::new();
+    for mode in std::fs::read_dir(log_dir).unwrap() {
+        for file in std::fs::read_dir(mode.unwrap().path()).unwrap() {
+            logs.push(std::fs::read_to_string(file.unwrap().path()).unwrap());
+        }
+    }
+    logs
+}
+
+fn assert_one_row(logs: &[String]) {
+    assert_eq!(logs.len(), 1);
+    let lines: Vec<&str> = logs[0].lines().collect();
+    assert_eq!(lines[0], "Epoch,Training Loss,Test Loss,Test Accuracy");
+    assert_eq!(lines.len(), 2, "one row per epoch: {lines:?}");
+    let fields: Vec<f64> = lines[1].split(',').map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields[0], 1.0);
+    assert!(fields[1..].iter().all(|v| v.is_finite()));
+}
+
+/// Writes `records` CIFAR records of `label_bytes` label bytes (1 for CIFAR-10, 2 for
+/// CIFAR-100) and 3072 pixels.
+fn write_cifar(path: &Path, records: usize, label_bytes: usize, classes: u8) {
+    let mut bytes = Vec::new();
+    for i in 0..records {
+        for _ in 0..label_bytes {
+            bytes.push((i % classes as usize) as u8);
+        }
+        bytes.extend((0..3072).map(|j| ((i * 31 + j * 7) % 256) as u8));
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+fn mnist_fc_and_conv_dry_runs() {
+    for args in [&["--train-mode", "FDFA"][..], &["--conv", "--train-mode", "DKP"], &["--n-layers", "3", "--train-mode", "BP"]] {
+        let logs = scratch("mnist");
+        assert_one_row(&run_example("mnist", args, &logs));
+    }
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+fn fashion_mnist_dry_run() {
+    let system = Path::new("/usr/share/datasets/fashion-mnist");
+    let dir = if system.join("train-images-idx3-ubyte.gz").exists() {
+        system.to_path_buf()
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist")
+    };
+    let logs = scratch("fashion");
+    assert_one_row(&run_example("fashion_mnist", &["--data-dir", dir.to_str().unwrap()], &logs));
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+fn cifar10_dry_runs_on_tiny_binary_files() {
+    let data = scratch("cifar10-data");
+    for i in 1..=5 {
+        write_cifar(&data.join(format!("data_batch_{i}.bin")), 16, 1, 10);
+    }
+    write_cifar(&data.join("test_batch.bin"), 16, 1, 10);
+    for args in [&[][..], &["--conv"]] {
+        let logs = scratch("cifar10");
+        let mut all = vec!["--data-dir", data.to_str().unwrap(), "--batch-size", "8"];
+        all.extend_from_slice(args);
+        assert_one_row(&run_example("cifar10", &all, &logs));
+    }
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+fn cifar100_alexnet_dry_run_on_tiny_binary_files() {
+    let data = scratch("cifar100-data");
+    write_cifar(&data.join("train.bin"), 8, 2, 100);
+    write_cifar(&data.join("test.bin"), 4, 2, 100);
+    let logs = scratch("cifar100");
+    let args = ["--data-dir", data.to_str().unwrap(), "--batch-size", "4", "--test-batch-size", "4"];
+    assert_one_row(&run_example("cifar100", &args, &logs));
+}
+
+#[test]
+#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+fn wrong_flag_values_get_a_clear_message() {
+    for (args, needle) in [
+        (&["--train-mode", "SGD"][..], "SGD"),
+        (&["--lr", "-1"], "non-negative"),
+        (&["--batch-size", "0"], "batch-size"),
+        (&["--gamma", "2"], "(0, 1]"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["run", "--quiet", "--example", "mnist"]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let out = cmd.arg("--").args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
