@@ -221,16 +221,33 @@ fn main() {
 }
 
 fn run(args: &Args) -> fdfa::Result<()> {
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let rules: Vec<RuleKind> = args.rules.iter().map(|r| r.parse()).collect::<fdfa::Result<_>>()?;
-    println!("{threads} thread(s), batch {}, median of {} timings of {} steps\n", args.batch, args.repeats, args.steps);
-    let mut csv = String::from("network,rule,threads,train_samples_per_s,train_gflops,sgemm_gflops,ratio_to_sgemm,infer_samples_per_s\n");
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let rules: Vec<RuleKind> = args
+        .rules
+        .iter()
+        .map(|r| r.parse())
+        .collect::<fdfa::Result<_>>()?;
+    println!(
+        "{threads} thread(s), batch {}, median of {} timings of {} steps\n",
+        args.batch, args.repeats, args.steps
+    );
+    let mut csv = String::from(
+        "network,rule,threads,train_samples_per_s,train_gflops,sgemm_gflops,ratio_to_sgemm,infer_samples_per_s\n",
+    );
     let mut rows: Vec<Row> = Vec::new();
-    println!("{:<8} {:<5} {:>14} {:>10} {:>12} {:>8} {:>14}", "network", "rule", "train samp/s", "GFLOP/s", "sgemm GFLOP/s", "ratio", "infer samp/s");
+    println!(
+        "{:<8} {:<5} {:>14} {:>10} {:>12} {:>8} {:>14}",
+        "network", "rule", "train samp/s", "GFLOP/s", "sgemm GFLOP/s", "ratio", "infer samp/s"
+    );
     for network in &args.networks {
         let (sgemm, infer) = in_pool(threads, || {
             let shapes = dominant_shapes(network, args.batch);
-            let sgemm = shapes.iter().map(|&s| sgemm_gflops(s, 3)).fold(f64::INFINITY, f64::min);
+            let sgemm = shapes
+                .iter()
+                .map(|&s| sgemm_gflops(s, 3))
+                .fold(f64::INFINITY, f64::min);
             (sgemm, measure_inference(network, args))
         });
         let infer = infer?;
@@ -241,16 +258,33 @@ fn run(args: &Args) -> fdfa::Result<()> {
                 kind.as_str(),
                 gflops / sgemm
             );
-            let _ = writeln!(csv, "{network},{kind},{threads},{rate:.1},{gflops:.2},{sgemm:.2},{:.3},{infer:.1}", gflops / sgemm);
-            rows.push(Row { network: network.clone(), rule: kind.as_str().into(), threads, train: rate, gflops });
+            let _ = writeln!(
+                csv,
+                "{network},{kind},{threads},{rate:.1},{gflops:.2},{sgemm:.2},{:.3},{infer:.1}",
+                gflops / sgemm
+            );
+            rows.push(Row {
+                network: network.clone(),
+                rule: kind.as_str().into(),
+                threads,
+                train: rate,
+                gflops,
+            });
         }
     }
 
     println!("\nRatios between rules (same run):");
     for network in &args.networks {
-        let rate = |r: &str| rows.iter().find(|x| &x.network == network && x.rule == r && x.threads == threads).map(|x| x.train);
+        let rate = |r: &str| {
+            rows.iter()
+                .find(|x| &x.network == network && x.rule == r && x.threads == threads)
+                .map(|x| x.train)
+        };
         if let (Some(bp), Some(fdfa)) = (rate("BP"), rate("FDFA")) {
-            print!("  {network}: FDFA/BP step time {:.2} (target <= 1.25)", bp / fdfa);
+            print!(
+                "  {network}: FDFA/BP step time {:.2} (target <= 1.25)",
+                bp / fdfa
+            );
             if let Some(dfa) = rate("DFA") {
                 print!(", DFA/BP step time {:.2} (target <= 0.8)", bp / dfa);
             }
@@ -262,21 +296,50 @@ fn run(args: &Args) -> fdfa::Result<()> {
         println!("\nScaling, 1 thread vs {threads}:");
         let one = in_pool(1, || sgemm_gflops((args.batch, 800, 800), 3));
         let many = in_pool(threads, || sgemm_gflops((args.batch, 800, 800), 3));
-        println!("  bare sgemm {}x800x800: {one:.1} -> {many:.1} GFLOP/s ({:.2}x: how much the extra cores deliver)", args.batch, many / one);
+        println!(
+            "  bare sgemm {}x800x800: {one:.1} -> {many:.1} GFLOP/s ({:.2}x: how much the extra cores deliver)",
+            args.batch,
+            many / one
+        );
         for network in args.networks.iter().filter(|n| *n != "alexnet") {
-            for kind in [RuleKind::Bp, RuleKind::Fdfa].into_iter().filter(|k| rules.contains(k)) {
+            for kind in [RuleKind::Bp, RuleKind::Fdfa]
+                .into_iter()
+                .filter(|k| rules.contains(k))
+            {
                 let (r1, g1) = in_pool(1, || measure_training(network, kind, args))?;
-                let rn = rows.iter().find(|x| &x.network == network && x.rule == kind.as_str()).map_or(0.0, |x| x.train);
-                println!("  {network} {kind}: {r1:.0} -> {rn:.0} samples/s ({:.2}x)", rn / r1);
-                let _ = writeln!(csv, "{network},{kind},1,{r1:.1},{g1:.2},{one:.2},{:.3},", g1 / one);
-                rows.push(Row { network: network.clone(), rule: kind.as_str().into(), threads: 1, train: r1, gflops: g1 });
+                let rn = rows
+                    .iter()
+                    .find(|x| &x.network == network && x.rule == kind.as_str())
+                    .map_or(0.0, |x| x.train);
+                println!(
+                    "  {network} {kind}: {r1:.0} -> {rn:.0} samples/s ({:.2}x)",
+                    rn / r1
+                );
+                let _ = writeln!(
+                    csv,
+                    "{network},{kind},1,{r1:.1},{g1:.2},{one:.2},{:.3},",
+                    g1 / one
+                );
+                rows.push(Row {
+                    network: network.clone(),
+                    rule: kind.as_str().into(),
+                    threads: 1,
+                    train: r1,
+                    gflops: g1,
+                });
             }
         }
     }
     if let Some(dir) = args.csv.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| fdfa::Error::Io { path: dir.to_path_buf(), source: e })?;
+        std::fs::create_dir_all(dir).map_err(|e| fdfa::Error::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
     }
-    std::fs::write(&args.csv, csv).map_err(|e| fdfa::Error::Io { path: args.csv.clone(), source: e })?;
+    std::fs::write(&args.csv, csv).map_err(|e| fdfa::Error::Io {
+        path: args.csv.clone(),
+        source: e,
+    })?;
     println!("\nCSV written to {}", args.csv.display());
     let _ = rows.iter().map(|r| r.gflops).sum::<f64>();
     Ok(())

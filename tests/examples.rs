@@ -16,7 +16,8 @@ fn scratch(name: &str) -> PathBuf {
 /// it wrote under `log_dir`.
 fn run_example(name: &str, args: &[&str], log_dir: &Path) -> Vec<String> {
     let mut cmd = Command::new(env!("CARGO"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["run", "--quiet", "--example", name]);
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "--quiet", "--example", name]);
     if !cfg!(debug_assertions) {
         cmd.arg("--release");
     }
@@ -28,8 +29,14 @@ fn run_example(name: &str, args: &[&str], log_dir: &Path) -> Vec<String> {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{name} {args:?} failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("Epoch 1:"), "{name} printed no epoch summary:\n{stdout}");
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("Epoch 1:"),
+        "{name} printed no epoch summary:\n{stdout}"
+    );
     let mut logs = Vec::new();
     for mode in std::fs::read_dir(log_dir).unwrap() {
         for file in std::fs::read_dir(mode.unwrap().path()).unwrap() {
@@ -63,16 +70,26 @@ fn write_cifar(path: &Path, records: usize, label_bytes: usize, classes: u8) {
 }
 
 #[test]
-#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "builds and runs the examples: run with --release"
+)]
 fn mnist_fc_and_conv_dry_runs() {
-    for args in [&["--train-mode", "FDFA"][..], &["--conv", "--train-mode", "DKP"], &["--n-layers", "3", "--train-mode", "BP"]] {
+    for args in [
+        &["--train-mode", "FDFA"][..],
+        &["--conv", "--train-mode", "DKP"],
+        &["--n-layers", "3", "--train-mode", "BP"],
+    ] {
         let logs = scratch("mnist");
         assert_one_row(&run_example("mnist", args, &logs));
     }
 }
 
 #[test]
-#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "builds and runs the examples: run with --release"
+)]
 fn fashion_mnist_dry_run() {
     let system = Path::new("/usr/share/datasets/fashion-mnist");
     let dir = if system.join("train-images-idx3-ubyte.gz").exists() {
@@ -81,11 +98,18 @@ fn fashion_mnist_dry_run() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist")
     };
     let logs = scratch("fashion");
-    assert_one_row(&run_example("fashion_mnist", &["--data-dir", dir.to_str().unwrap()], &logs));
+    assert_one_row(&run_example(
+        "fashion_mnist",
+        &["--data-dir", dir.to_str().unwrap()],
+        &logs,
+    ));
 }
 
 #[test]
-#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "builds and runs the examples: run with --release"
+)]
 fn cifar10_dry_runs_on_tiny_binary_files() {
     let data = scratch("cifar10-data");
     for i in 1..=5 {
@@ -101,18 +125,31 @@ fn cifar10_dry_runs_on_tiny_binary_files() {
 }
 
 #[test]
-#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "builds and runs the examples: run with --release"
+)]
 fn cifar100_alexnet_dry_run_on_tiny_binary_files() {
     let data = scratch("cifar100-data");
     write_cifar(&data.join("train.bin"), 8, 2, 100);
     write_cifar(&data.join("test.bin"), 4, 2, 100);
     let logs = scratch("cifar100");
-    let args = ["--data-dir", data.to_str().unwrap(), "--batch-size", "4", "--test-batch-size", "4"];
+    let args = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--batch-size",
+        "4",
+        "--test-batch-size",
+        "4",
+    ];
     assert_one_row(&run_example("cifar100", &args, &logs));
 }
 
 #[test]
-#[cfg_attr(debug_assertions, ignore = "builds and runs the examples: run with --release")]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "builds and runs the examples: run with --release"
+)]
 fn wrong_flag_values_get_a_clear_message() {
     for (args, needle) in [
         (&["--train-mode", "SGD"][..], "SGD"),
@@ -121,7 +158,8 @@ fn wrong_flag_values_get_a_clear_message() {
         (&["--gamma", "2"], "(0, 1]"),
     ] {
         let mut cmd = Command::new(env!("CARGO"));
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["run", "--quiet", "--example", "mnist"]);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["run", "--quiet", "--example", "mnist"]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
         }

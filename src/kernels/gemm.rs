@@ -12,8 +12,18 @@ use rayon::prelude::*;
 
 use crate::parallel::PAR_MIN_WORK;
 
-/// Rows or columns of `C` per parallel block.
-const BLOCK: usize = 64;
+/// Parallel blocks a large product is split into, along the larger side of `C`.
+///
+/// A fixed count, not the number of threads, keeps the split (and so the bits) the same on
+/// every machine; four blocks keep both cores of a small machine busy while each sgemm call
+/// still repacks the shared operand only four times.
+const BLOCKS: usize = 4;
+
+/// The width of a block along an axis of length `len`: a multiple of 16 (the micro-kernels'
+/// tile), at least 16.
+fn block_len(len: usize) -> usize {
+    len.div_ceil(BLOCKS).div_ceil(16).max(1) * 16
+}
 
 /// `C <- alpha * A B + beta * C`.
 pub(crate) fn gemm(
@@ -27,17 +37,19 @@ pub(crate) fn gemm(
     let n = b.ncols();
     debug_assert_eq!(b.nrows(), k);
     debug_assert_eq!(c.dim(), (m, n));
-    if m * n * k < PAR_MIN_WORK * 4 || (m <= BLOCK && n <= BLOCK) {
+    if m * n * k < PAR_MIN_WORK * 4 || (m <= 32 && n <= 32) {
         general_mat_mul(alpha, &a, &b, beta, &mut c);
     } else if m >= n {
-        c.axis_chunks_iter_mut(Axis(0), BLOCK)
+        let block = block_len(m);
+        c.axis_chunks_iter_mut(Axis(0), block)
             .into_par_iter()
-            .zip(a.axis_chunks_iter(Axis(0), BLOCK))
+            .zip(a.axis_chunks_iter(Axis(0), block))
             .for_each(|(mut c, a)| general_mat_mul(alpha, &a, &b, beta, &mut c));
     } else {
-        c.axis_chunks_iter_mut(Axis(1), BLOCK)
+        let block = block_len(n);
+        c.axis_chunks_iter_mut(Axis(1), block)
             .into_par_iter()
-            .zip(b.axis_chunks_iter(Axis(1), BLOCK))
+            .zip(b.axis_chunks_iter(Axis(1), block))
             .for_each(|(mut c, b)| general_mat_mul(alpha, &a, &b, beta, &mut c));
     }
 }

@@ -138,6 +138,18 @@ fn channel_sums2(
 ) {
     acc.fill(0.0);
     let (first, second) = acc.split_at_mut(c);
+    if s == 1 {
+        // BatchNorm1d: run along each row, so the loop vectorizes across features.
+        for (ra, rb) in a.chunks_exact(c).zip(b.chunks_exact(c)) {
+            let sums = first.iter_mut().zip(second.iter_mut());
+            for ((s1, s2), (&x, &y)) in sums.zip(ra.iter().zip(rb)) {
+                let (u, v) = f(x, y);
+                *s1 += u;
+                *s2 += v;
+            }
+        }
+        return;
+    }
     for i in 0..n {
         for ch in 0..c {
             let off = (i * c + ch) * s;
@@ -153,6 +165,28 @@ fn channel_sums2(
     }
 }
 
+/// Per-channel sums of `(x - mean)^2` over an `[n, c, s]` layout, in f64.
+fn centred_squares(x: &[f32], (n, c, s): (usize, usize, usize), mean: &[f64], acc: &mut [f64]) {
+    acc.fill(0.0);
+    if s == 1 {
+        for row in x.chunks_exact(c) {
+            for ((a, &v), mu) in acc.iter_mut().zip(row).zip(mean) {
+                *a += (v as f64 - mu) * (v as f64 - mu);
+            }
+        }
+        return;
+    }
+    for i in 0..n {
+        for (ch, mu) in mean.iter().enumerate() {
+            let off = (i * c + ch) * s;
+            acc[ch] += x[off..off + s]
+                .iter()
+                .map(|&v| (v as f64 - mu) * (v as f64 - mu))
+                .sum::<f64>();
+        }
+    }
+}
+
 /// Applies `out = f(ch, x, y)` elementwise over an `[n, c, s]` layout.
 fn channel_map(
     out: &mut [f32],
@@ -161,6 +195,18 @@ fn channel_map(
     (n, c, s): (usize, usize, usize),
     f: impl Fn(usize, f32, f32) -> f32,
 ) {
+    if s == 1 {
+        for ((ro, ra), rb) in out
+            .chunks_exact_mut(c)
+            .zip(a.chunks_exact(c))
+            .zip(b.chunks_exact(c))
+        {
+            for (ch, ((o, &x), &y)) in ro.iter_mut().zip(ra).zip(rb).enumerate() {
+                *o = f(ch, x, y);
+            }
+        }
+        return;
+    }
     for i in 0..n {
         for ch in 0..c {
             let off = (i * c + ch) * s;
@@ -239,16 +285,7 @@ impl Layer for BatchNorm {
             *mu = sum / m as f64;
         }
         let mean = &self.mean;
-        self.acc.fill(0.0);
-        for i in 0..n {
-            for (ch, mu) in mean.iter().enumerate() {
-                let off = (i * c + ch) * s;
-                self.acc[ch] += x.data()[off..off + s]
-                    .iter()
-                    .map(|&v| (v as f64 - mu).powi(2))
-                    .sum::<f64>();
-            }
-        }
+        centred_squares(x.data(), dims, mean, &mut self.acc[..c]);
         let eps = self.config.eps as f64;
         let momentum = self.config.momentum;
         // Five per-channel arrays move together; an index reads better than a zip of five.

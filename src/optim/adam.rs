@@ -1,11 +1,15 @@
 //! Adam, as `torch.optim.Adam` computes it.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::Parameters;
 use crate::error::{Error, Result};
 use crate::layers::Param;
 use crate::tensor::Tensor;
+
+/// Values per parallel task of the update.
+const CHUNK: usize = 1 << 14;
 
 /// Adam's hyper-parameters; `Default` holds PyTorch's values (`lr = 1e-3`,
 /// `betas = (0.9, 0.999)`, `eps = 1e-8`, no weight decay).
@@ -150,7 +154,10 @@ impl Adam {
     }
 
     /// One update of every parameter from its `grad`.
-    pub fn step(&mut self, params: &mut dyn Parameters) {
+    ///
+    /// Returns the name of the first parameter whose gradient or updated value is not finite
+    /// (checked inside the update loop, where it costs next to nothing), `None` when all are.
+    pub fn step(&mut self, params: &mut dyn Parameters) -> Option<String> {
         self.step += 1;
         let (b1, b2) = self.config.betas;
         let t = self.step as i32;
@@ -160,8 +167,9 @@ impl Adam {
         let (eps, wd) = (self.config.eps, self.config.weight_decay);
         let bias2_sqrt = bias2_sqrt as f32;
         let mut i = 0;
+        let mut bad = None;
         let states = &mut self.states;
-        params.visit_params(&mut |_, p: &mut Param| {
+        params.visit_params(&mut |name, p: &mut Param| {
             if states.len() <= i {
                 states.push(AdamState {
                     exp_avg: Tensor::zeros(p.value.shape()),
@@ -170,19 +178,32 @@ impl Adam {
             }
             let s = &mut states[i];
             i += 1;
-            let values = p.value.data_mut().iter_mut();
-            let moments = s
-                .exp_avg
+            let chunks = p
+                .value
                 .data_mut()
-                .iter_mut()
-                .zip(s.exp_avg_sq.data_mut().iter_mut());
-            for ((w, &g), (m, v)) in values.zip(p.grad.data()).zip(moments) {
-                let g = g + wd * *w;
-                *m += (1.0 - b1) * (g - *m);
-                *v = b2 * *v + (1.0 - b2) * g * g;
-                let denom = v.sqrt() / bias2_sqrt + eps;
-                *w -= step_size * *m / denom;
+                .par_chunks_mut(CHUNK)
+                .zip(p.grad.data().par_chunks(CHUNK))
+                .zip(s.exp_avg.data_mut().par_chunks_mut(CHUNK))
+                .zip(s.exp_avg_sq.data_mut().par_chunks_mut(CHUNK));
+            // Elementwise, so any split gives the same bits. A non-finite gradient always
+            // makes the updated value non-finite (inf / inf is NaN), so checking the values
+            // (in cache, right after the update) covers both.
+            let finite = chunks
+                .map(|(((w, g), m), v)| {
+                    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
+                        let g = g + wd * *w;
+                        *m += (1.0 - b1) * (g - *m);
+                        *v = b2 * *v + (1.0 - b2) * g * g;
+                        let denom = v.sqrt() / bias2_sqrt + eps;
+                        *w -= step_size * *m / denom;
+                    }
+                    w.iter().fold(true, |ok, w| ok & w.is_finite())
+                })
+                .reduce(|| true, |a, b| a & b);
+            if !finite && bad.is_none() {
+                bad = Some(name.to_string());
             }
         });
+        bad
     }
 }

@@ -26,9 +26,12 @@ use std::fmt::Debug;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use ndarray_rand::rand::RngCore;
+
 use crate::init::{Rng, fill_normal};
 use crate::layers::Param;
 use crate::model::Model;
+use crate::parallel::par_chunks_mut;
 use crate::tensor::Tensor;
 
 /// What a step reports besides the gradients.
@@ -179,8 +182,14 @@ impl FromStr for RuleKind {
     }
 }
 
+/// Rows of directions one generator stream fills.
+const DIRECTION_ROWS: usize = 8;
+
 /// Draws `k` standard-normal directions for every feedback point of the last forward's batch
 /// of `n` samples into `out` (`[k * n, point shape...]` each).
+///
+/// `rng` gives one seed per point; fixed blocks of rows are filled in parallel from streams
+/// of that seed, so the numbers do not depend on the number of threads.
 pub(crate) fn draw_directions(
     model: &Model,
     n: usize,
@@ -193,7 +202,14 @@ pub(crate) fn draw_directions(
         let mut shape = vec![k * n];
         shape.extend_from_slice(&point.shape);
         u.resize(&shape);
-        fill_normal(u.data_mut(), rng);
+        let seed = rng.next_u64();
+        let row = point.features();
+        let work = k * n * row * 16;
+        par_chunks_mut(u.data_mut(), row, DIRECTION_ROWS, work, |block, values| {
+            let mut stream = crate::init::rng(seed);
+            stream.set_stream(block as u64);
+            fill_normal(values, &mut stream);
+        });
     }
 }
 

@@ -317,33 +317,30 @@ impl Trainer {
         if !report.loss.is_finite() {
             return Err(nonfinite("loss".into()));
         }
-        let mut bad = None;
-        let mut check = |name: &str, t: &Tensor, what: &str| {
-            if bad.is_none() && !t.is_finite() {
-                bad = Some(format!("{name}{what}"));
-            }
-        };
-        self.model
-            .visit_params(&mut |name, p| check(name, &p.grad, ".grad"));
-        self.rule
-            .visit_learned(&mut |name, p| check(name, &p.grad, ".grad"));
-        if let Some(name) = bad.take() {
-            return Err(nonfinite(name));
-        }
-        self.feedback_opt.step(&mut Learned(self.rule.as_mut()));
-        self.forward_opt.step(&mut self.model);
-        let mut check = |name: &str, t: &Tensor| {
-            if bad.is_none() && !t.is_finite() {
-                bad = Some(name.to_string());
-            }
-        };
-        self.model
-            .visit_params(&mut |name, p| check(name, &p.value));
-        self.rule
-            .visit_learned(&mut |name, p| check(name, &p.value));
-        match bad {
-            Some(name) => Err(nonfinite(name)),
+        // The optimizers check every gradient and updated value as they go.
+        let bad_feedback = self.feedback_opt.step(&mut Learned(self.rule.as_mut()));
+        let bad_forward = self.forward_opt.step(&mut self.model);
+        match bad_feedback.or(bad_forward) {
+            Some(name) => Err(nonfinite(self.locate_nonfinite(&name))),
             None => Ok(report.loss),
+        }
+    }
+
+    /// Names the tensor that holds the non-finite value: the gradient when it is not finite,
+    /// else the updated parameter.
+    fn locate_nonfinite(&mut self, param: &str) -> String {
+        let mut grad_bad = false;
+        let mut look = |name: &str, p: &mut crate::layers::Param| {
+            if name == param && !p.grad.is_finite() {
+                grad_bad = true;
+            }
+        };
+        self.model.visit_params(&mut look);
+        self.rule.visit_learned(&mut look);
+        if grad_bad {
+            format!("{param}.grad")
+        } else {
+            param.to_string()
         }
     }
 
