@@ -12,14 +12,15 @@ pub(crate) const PAR_MIN_WORK: usize = 1 << 16;
 
 /// Runs `f(chunk_index, chunk)` on consecutive chunks of `rows_per_chunk * row_len` values of
 /// `data`, in parallel when `work` (an estimate of the multiply-adds) is large enough.
-pub(crate) fn par_chunks_mut<F>(
-    data: &mut [f32],
+pub(crate) fn par_chunks_mut<T, F>(
+    data: &mut [T],
     row_len: usize,
     rows_per_chunk: usize,
     work: usize,
     f: F,
 ) where
-    F: Fn(usize, &mut [f32]) + Send + Sync,
+    T: Send,
+    F: Fn(usize, &mut [T]) + Send + Sync,
 {
     let size = (row_len * rows_per_chunk.max(1)).max(1);
     if work < PAR_MIN_WORK {
@@ -62,17 +63,19 @@ pub(crate) fn par_chunks_init<S, I, F>(
 }
 
 /// Like [`par_chunks_init`] over two buffers split into the same number of chunks.
-pub(crate) fn par_zip_chunks_init<S, I, F>(
-    a: &mut [f32],
+pub(crate) fn par_zip_chunks_init<A, B, S, I, F>(
+    a: &mut [A],
     a_len: usize,
-    b: &mut [f32],
+    b: &mut [B],
     b_len: usize,
     work: usize,
     init: I,
     f: F,
 ) where
+    A: Send,
+    B: Send,
     I: Fn() -> S + Send + Sync,
-    F: Fn(&mut S, usize, &mut [f32], &mut [f32]) + Send + Sync,
+    F: Fn(&mut S, usize, &mut [A], &mut [B]) + Send + Sync,
 {
     let (a_len, b_len) = (a_len.max(1), b_len.max(1));
     debug_assert_eq!(a.len().div_ceil(a_len), b.len().div_ceil(b_len));

@@ -59,6 +59,75 @@ impl Geometry {
     }
 }
 
+/// Copies `k` values; constant lengths for the usual kernel sizes, because a
+/// `copy_from_slice` of a run-time length this short costs a `memcpy` call per row.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32], k: usize) {
+    #[inline(always)]
+    fn fixed<const K: usize>(dst: &mut [f32], src: &[f32]) {
+        dst[..K].copy_from_slice(&src[..K]);
+    }
+    match k {
+        1 => fixed::<1>(dst, src),
+        2 => fixed::<2>(dst, src),
+        3 => fixed::<3>(dst, src),
+        5 => fixed::<5>(dst, src),
+        7 => fixed::<7>(dst, src),
+        11 => fixed::<11>(dst, src),
+        _ => dst[..k].copy_from_slice(&src[..k]),
+    }
+}
+
+/// Writes the transposed im2col matrix of `input` (`[c, h, w]`) into `cols`
+/// (`[patch_len, out_pixels]`): one row per kernel tap, so that the forward product
+/// `W · cols` reads both operands in the layout the sgemm packs fastest, and unit-stride
+/// convolutions copy whole output rows at once.
+pub(crate) fn im2col_t(g: &Geometry, input: &[f32], cols: &mut [f32]) {
+    debug_assert_eq!(input.len(), g.in_len());
+    debug_assert_eq!(cols.len(), g.out_pixels() * g.patch_len());
+    let (k, p, s, pad) = (g.kernel, g.out_pixels(), g.stride, g.padding as isize);
+    for ch in 0..g.c {
+        let plane = &input[ch * g.h * g.w..][..g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let row = &mut cols[((ch * k + ky) * k + kx) * p..][..p];
+                for oy in 0..g.out_h {
+                    let out = &mut row[oy * g.out_w..][..g.out_w];
+                    let y = (oy * s) as isize + ky as isize - pad;
+                    if y < 0 || y as usize >= g.h {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let line = &plane[y as usize * g.w..][..g.w];
+                    // Output columns whose input column lies inside the image.
+                    let x0 = kx as isize - pad;
+                    let first = if x0 >= 0 {
+                        0
+                    } else {
+                        ((-x0) as usize).div_ceil(s)
+                    };
+                    let last = if (g.w as isize) > x0 {
+                        (((g.w as isize - 1 - x0) / s as isize) as usize + 1).min(g.out_w)
+                    } else {
+                        0
+                    };
+                    let first = first.min(last);
+                    out[..first].fill(0.0);
+                    out[last..].fill(0.0);
+                    if s == 1 {
+                        let start = (first as isize + x0) as usize;
+                        out[first..last].copy_from_slice(&line[start..start + last - first]);
+                    } else {
+                        for (ox, o) in out[first..last].iter_mut().enumerate() {
+                            *o = line[((first + ox) * s) as usize + kx - g.padding];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Writes the im2col matrix of `input` (`[c, h, w]`) into `cols` (`[out_pixels, patch_len]`).
 pub(crate) fn im2col(g: &Geometry, input: &[f32], cols: &mut [f32]) {
     debug_assert_eq!(input.len(), g.in_len());
@@ -76,7 +145,7 @@ pub(crate) fn im2col(g: &Geometry, input: &[f32], cols: &mut [f32]) {
                 if interior {
                     let (y0, x0) = (y0 as usize, x0 as usize);
                     for ky in 0..k {
-                        dst[ky * k..][..k].copy_from_slice(&plane[(y0 + ky) * g.w + x0..][..k]);
+                        copy_row(&mut dst[ky * k..], &plane[(y0 + ky) * g.w + x0..], k);
                     }
                 } else {
                     for ky in 0..k {
@@ -130,6 +199,38 @@ pub(crate) fn col2im_add(g: &Geometry, cols: &[f32], grad_input: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The transposed layout holds the same numbers as the row layout.
+    #[test]
+    fn im2col_t_is_the_transpose_of_im2col() {
+        for &(c, h, w, k, s, p) in &[
+            (2, 5, 6, 3, 1, 1),
+            (3, 7, 7, 3, 2, 0),
+            (1, 4, 4, 4, 1, 2),
+            (3, 9, 8, 5, 3, 2),
+            (2, 6, 6, 11, 4, 2),
+        ] {
+            let Some(g) = Geometry::new(c, h, w, k, s, p) else {
+                continue;
+            };
+            let x: Vec<f32> = (0..g.in_len()).map(|i| i as f32 + 1.0).collect();
+            let (rows, taps) = (g.out_pixels(), g.patch_len());
+            let mut a = vec![f32::NAN; rows * taps];
+            let mut b = vec![f32::NAN; rows * taps];
+            im2col(&g, &x, &mut a);
+            im2col_t(&g, &x, &mut b);
+            for r in 0..rows {
+                for t in 0..taps {
+                    assert_eq!(
+                        a[r * taps + t],
+                        b[t * rows + r],
+                        "{:?} pixel {r} tap {t}",
+                        (c, h, w, k, s, p)
+                    );
+                }
+            }
+        }
+    }
 
     /// ⟨im2col(x), c⟩ = ⟨x, col2im(c)⟩ for any x and c: the two kernels are adjoint.
     #[test]

@@ -5,6 +5,7 @@
 
 use super::{Layer, Param, StateMut, check_grad, check_shape};
 use crate::error::{Error, Result};
+use crate::parallel::{par_chunks_mut, par_zip_chunks_init};
 use crate::tensor::{Dual, Tensor};
 
 /// Configuration of a [`BatchNorm`] layer (PyTorch defaults: `eps = 1e-5`, `momentum = 0.1`,
@@ -128,13 +129,39 @@ fn layout(shape: &[usize]) -> (usize, usize, usize) {
     (shape[0], shape[1], shape[2..].iter().product())
 }
 
-/// Per-channel sums `(sum f(a), sum g(a, b))` over an `[n, c, s]` layout, in f64.
+/// `(sum f(a_i, b_i).0, sum f(a_i, b_i).1)` in f64 with four partial sums per component, so
+/// the loop vectorizes; the order is fixed, so the result is too.
+#[inline]
+fn pair_sums(a: &[f32], b: &[f32], f: &impl Fn(f32, f32) -> (f64, f64)) -> (f64, f64) {
+    let (mut s1, mut s2) = ([0.0f64; 4], [0.0f64; 4]);
+    let (ca, cb) = (a.chunks_exact(4), b.chunks_exact(4));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (xa, xb) in ca.zip(cb) {
+        for l in 0..4 {
+            let (u, v) = f(xa[l], xb[l]);
+            s1[l] += u;
+            s2[l] += v;
+        }
+    }
+    for (&x, &y) in ra.iter().zip(rb) {
+        let (u, v) = f(x, y);
+        s1[0] += u;
+        s2[0] += v;
+    }
+    (
+        (s1[0] + s1[1]) + (s1[2] + s1[3]),
+        (s2[0] + s2[1]) + (s2[2] + s2[3]),
+    )
+}
+
+/// Per-channel sums `(sum f(a), sum g(a, b))` over an `[n, c, s]` layout, in f64, into
+/// `acc = [first c sums, second c sums]`.
 fn channel_sums2(
     a: &[f32],
     b: &[f32],
     (n, c, s): (usize, usize, usize),
     acc: &mut [f64],
-    f: impl Fn(f32, f32) -> (f64, f64),
+    f: impl Fn(f32, f32) -> (f64, f64) + Sync,
 ) {
     acc.fill(0.0);
     let (first, second) = acc.split_at_mut(c);
@@ -150,25 +177,30 @@ fn channel_sums2(
         }
         return;
     }
-    for i in 0..n {
-        for ch in 0..c {
-            let off = (i * c + ch) * s;
-            let (mut s1, mut s2) = (0.0f64, 0.0f64);
-            for (&x, &y) in a[off..off + s].iter().zip(&b[off..off + s]) {
-                let (u, v) = f(x, y);
-                s1 += u;
-                s2 += v;
+    // BatchNorm2d: one task per channel, samples added in order.
+    par_zip_chunks_init(
+        first,
+        1,
+        second,
+        1,
+        n * s * c,
+        || (),
+        |_, ch, s1, s2| {
+            for i in 0..n {
+                let off = (i * c + ch) * s;
+                let (u, v) = pair_sums(&a[off..off + s], &b[off..off + s], &f);
+                s1[0] += u;
+                s2[0] += v;
             }
-            first[ch] += s1;
-            second[ch] += s2;
-        }
-    }
+        },
+    );
 }
 
 /// Per-channel sums of `(x - mean)^2` over an `[n, c, s]` layout, in f64.
-fn centred_squares(x: &[f32], (n, c, s): (usize, usize, usize), mean: &[f64], acc: &mut [f64]) {
-    acc.fill(0.0);
+fn centred_squares(x: &[f32], dims: (usize, usize, usize), mean: &[f64], acc: &mut [f64]) {
+    let (n, c, s) = dims;
     if s == 1 {
+        acc[..c].fill(0.0);
         for row in x.chunks_exact(c) {
             for ((a, &v), mu) in acc.iter_mut().zip(row).zip(mean) {
                 *a += (v as f64 - mu) * (v as f64 - mu);
@@ -176,15 +208,15 @@ fn centred_squares(x: &[f32], (n, c, s): (usize, usize, usize), mean: &[f64], ac
         }
         return;
     }
-    for i in 0..n {
-        for (ch, mu) in mean.iter().enumerate() {
+    par_chunks_mut(&mut acc[..c], 1, 1, n * s * c, |ch, a| {
+        let mu = mean[ch];
+        a[0] = 0.0;
+        for i in 0..n {
             let off = (i * c + ch) * s;
-            acc[ch] += x[off..off + s]
-                .iter()
-                .map(|&v| (v as f64 - mu) * (v as f64 - mu))
-                .sum::<f64>();
+            let seg = &x[off..off + s];
+            a[0] += pair_sums(seg, seg, &|v, _| ((v as f64 - mu) * (v as f64 - mu), 0.0)).0;
         }
-    }
+    });
 }
 
 /// Applies `out = f(ch, x, y)` elementwise over an `[n, c, s]` layout.
@@ -193,7 +225,7 @@ fn channel_map(
     a: &[f32],
     b: &[f32],
     (n, c, s): (usize, usize, usize),
-    f: impl Fn(usize, f32, f32) -> f32,
+    f: impl Fn(usize, f32, f32) -> f32 + Sync,
 ) {
     if s == 1 {
         for ((ro, ra), rb) in out
@@ -207,18 +239,14 @@ fn channel_map(
         }
         return;
     }
-    for i in 0..n {
-        for ch in 0..c {
+    par_chunks_mut(out, c * s, 1, n * c * s, |i, sample| {
+        for (ch, plane) in sample.chunks_mut(s).enumerate() {
             let off = (i * c + ch) * s;
-            for ((o, &x), &y) in out[off..off + s]
-                .iter_mut()
-                .zip(&a[off..off + s])
-                .zip(&b[off..off + s])
-            {
+            for ((o, &x), &y) in plane.iter_mut().zip(&a[off..off + s]).zip(&b[off..off + s]) {
                 *o = f(ch, x, y);
             }
         }
-    }
+    });
 }
 
 impl BatchNorm {

@@ -6,7 +6,7 @@ use super::{Layer, Param, StateMut, check_grad, check_shape};
 use crate::error::{Error, Result};
 use crate::init::{Rng, default_bound, uniform};
 use crate::kernels::gemm::gemm_serial;
-use crate::kernels::im2col::{Geometry, col2im_add, im2col};
+use crate::kernels::im2col::{Geometry, col2im_add, im2col, im2col_t};
 use crate::parallel::{par_chunks_init, par_zip_chunks_init};
 use crate::tensor::{Dual, Tensor};
 
@@ -181,9 +181,9 @@ impl Conv2d {
             Scratch::default,
             |s, i, out| {
                 s.cols.resize(p * pl, 0.0);
-                im2col(g, x.row(i), &mut s.cols);
+                im2col_t(g, x.row(i), &mut s.cols);
                 let cols =
-                    ArrayView2::from_shape((p, pl), &s.cols[..]).unwrap_or_else(|_| unreachable!());
+                    ArrayView2::from_shape((pl, p), &s.cols[..]).unwrap_or_else(|_| unreachable!());
                 let beta = match bias {
                     Some(b) => {
                         for (row, &bv) in out.chunks_mut(p).zip(b.data()) {
@@ -195,7 +195,7 @@ impl Conv2d {
                 };
                 let out =
                     ArrayViewMut2::from_shape((c_out, p), out).unwrap_or_else(|_| unreachable!());
-                gemm_serial(1.0, w, cols.t(), beta, out);
+                gemm_serial(1.0, w, cols, beta, out);
             },
         );
     }

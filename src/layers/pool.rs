@@ -2,7 +2,7 @@
 
 use super::{Layer, check_grad, check_shape};
 use crate::error::{Error, Result};
-use crate::parallel::par_chunks_mut;
+use crate::parallel::{par_chunks_mut, par_zip_chunks_init};
 use crate::tensor::{Dual, Tensor};
 
 /// Max pooling with a square window, no padding, floor rounding (PyTorch's defaults).
@@ -63,7 +63,8 @@ impl MaxPool2d {
         Ok((c, h, w, oh, ow))
     }
 
-    /// Writes the window maxima of one sample and, if asked, their flat indices.
+    /// Writes the window maxima of one sample and, if asked, their flat indices. The first
+    /// maximum wins, and a NaN wins over any number, as in PyTorch.
     fn pool_sample(
         (kernel, stride): (usize, usize),
         (c, h, w, oh, ow): (usize, usize, usize, usize, usize),
@@ -72,13 +73,15 @@ impl MaxPool2d {
         mut arg: Option<&mut [u32]>,
     ) {
         for ch in 0..c {
+            let plane = &x[ch * h * w..][..h * w];
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let (mut best, mut at) = (f32::NEG_INFINITY, usize::MAX);
+                    let corner = oy * stride * w + ox * stride;
+                    let (mut best, mut at) = (plane[corner], corner);
                     for ky in 0..kernel {
-                        let row = (ch * h + oy * stride + ky) * w + ox * stride;
-                        for (kx, &v) in x[row..row + kernel].iter().enumerate() {
-                            if v > best || at == usize::MAX || v.is_nan() {
+                        let row = corner + ky * w;
+                        for (kx, &v) in plane[row..row + kernel].iter().enumerate() {
+                            if v > best || (v.is_nan() && !best.is_nan()) {
                                 best = v;
                                 at = row + kx;
                             }
@@ -87,7 +90,7 @@ impl MaxPool2d {
                     let o = (ch * oh + oy) * ow + ox;
                     y[o] = best;
                     if let Some(arg) = arg.as_deref_mut() {
-                        arg[o] = at as u32;
+                        arg[o] = (ch * h * w + at) as u32;
                     }
                 }
             }
@@ -113,23 +116,27 @@ impl Layer for MaxPool2d {
         self.argmax.resize(n * out_len, 0);
         let ks = (self.kernel, self.stride);
         let (y, dy) = output.parts_mut();
-        for (i, (ys, arg)) in y
-            .data_mut()
-            .chunks_mut(out_len)
-            .zip(self.argmax.chunks_mut(out_len))
-            .enumerate()
-        {
-            Self::pool_sample(ks, d, x.row(i), ys, Some(arg));
-        }
+        let work = x.len();
+        par_zip_chunks_init(
+            y.data_mut(),
+            out_len,
+            &mut self.argmax,
+            out_len,
+            work,
+            || (),
+            |_, i, ys, arg| {
+                Self::pool_sample(ks, d, x.row(i), ys, Some(arg));
+            },
+        );
         if let (Some(dy), Some(dx)) = (dy, input.tangent()) {
-            let in_len = x.row_len();
-            for (j, dys) in dy.data_mut().chunks_mut(out_len).enumerate() {
-                let (dxs, arg) = (dx.row(j), &self.argmax[(j % n) * out_len..][..out_len]);
+            let argmax = &self.argmax;
+            let work = dy.len() * 4;
+            par_chunks_mut(dy.data_mut(), out_len, 1, work, |j, dys| {
+                let (dxs, arg) = (dx.row(j), &argmax[(j % n) * out_len..][..out_len]);
                 dys.iter_mut()
                     .zip(arg)
                     .for_each(|(o, &a)| *o = dxs[a as usize]);
-                debug_assert_eq!(dxs.len(), in_len);
-            }
+            });
         }
         Ok(())
     }
