@@ -119,7 +119,7 @@ pub(crate) fn im2col_t(g: &Geometry, input: &[f32], cols: &mut [f32]) {
                         out[first..last].copy_from_slice(&line[start..start + last - first]);
                     } else {
                         for (ox, o) in out[first..last].iter_mut().enumerate() {
-                            *o = line[((first + ox) * s) as usize + kx - g.padding];
+                            *o = line[(first + ox) * s + kx - g.padding];
                         }
                     }
                 }
