@@ -4,6 +4,8 @@
 //! the number of threads, and reductions add partial results in chunk order. Hence a
 //! training step gives bit-identical results with 1 or 64 threads.
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 /// Below this many multiply-adds a kernel runs on the calling thread: rayon's hand-off costs
@@ -37,58 +39,68 @@ pub fn threads() -> usize {
     rayon::current_num_threads()
 }
 
-/// Runs `f(scratch, i, chunk)` over consecutive chunks of `chunk_len` values of `data`, each
-/// worker with a scratch value made by `init` (reused across the chunks it runs).
-pub(crate) fn par_chunks_init<S, I, F>(
-    data: &mut [f32],
-    chunk_len: usize,
-    work: usize,
-    init: I,
-    f: F,
-) where
-    I: Fn() -> S + Send + Sync,
-    F: Fn(&mut S, usize, &mut [f32]) + Send + Sync,
+/// Per-thread scratch buffers, kept from call to call so that a training step allocates
+/// nothing once it has warmed up (rayon's workers live as long as the pool).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub a: Vec<f32>,
+    pub b: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Runs `f` with this thread's scratch buffers (fresh ones if they are already in use
+/// further up the stack).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// Runs `f(scratch, i, chunk)` over consecutive chunks of `chunk_len` values of `data`, with
+/// the running thread's [`Scratch`].
+pub(crate) fn par_chunks_scratch<T, F>(data: &mut [T], chunk_len: usize, work: usize, f: F)
+where
+    T: Send,
+    F: Fn(&mut Scratch, usize, &mut [T]) + Send + Sync,
 {
     let chunk_len = chunk_len.max(1);
+    let run = |(i, c): (usize, &mut [T])| with_scratch(|s| f(s, i, c));
     if work < PAR_MIN_WORK {
-        let mut s = init();
-        data.chunks_mut(chunk_len)
-            .enumerate()
-            .for_each(|(i, c)| f(&mut s, i, c));
+        data.chunks_mut(chunk_len).enumerate().for_each(run);
     } else {
-        data.par_chunks_mut(chunk_len)
-            .enumerate()
-            .for_each_init(init, |s, (i, c)| f(s, i, c));
+        data.par_chunks_mut(chunk_len).enumerate().for_each(run);
     }
 }
 
-/// Like [`par_chunks_init`] over two buffers split into the same number of chunks.
-pub(crate) fn par_zip_chunks_init<A, B, S, I, F>(
+/// Like [`par_chunks_scratch`] over two buffers split into the same number of chunks.
+pub(crate) fn par_zip_chunks_scratch<A, B, F>(
     a: &mut [A],
     a_len: usize,
     b: &mut [B],
     b_len: usize,
     work: usize,
-    init: I,
     f: F,
 ) where
     A: Send,
     B: Send,
-    I: Fn() -> S + Send + Sync,
-    F: Fn(&mut S, usize, &mut [A], &mut [B]) + Send + Sync,
+    F: Fn(&mut Scratch, usize, &mut [A], &mut [B]) + Send + Sync,
 {
     let (a_len, b_len) = (a_len.max(1), b_len.max(1));
     debug_assert_eq!(a.len().div_ceil(a_len), b.len().div_ceil(b_len));
+    let run = |(i, (x, y)): (usize, (&mut [A], &mut [B]))| with_scratch(|s| f(s, i, x, y));
     if work < PAR_MIN_WORK {
-        let mut s = init();
         a.chunks_mut(a_len)
             .zip(b.chunks_mut(b_len))
             .enumerate()
-            .for_each(|(i, (x, y))| f(&mut s, i, x, y));
+            .for_each(run);
     } else {
         a.par_chunks_mut(a_len)
             .zip(b.par_chunks_mut(b_len))
             .enumerate()
-            .for_each_init(init, |s, (i, (x, y))| f(s, i, x, y));
+            .for_each(run);
     }
 }

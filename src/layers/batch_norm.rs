@@ -5,7 +5,7 @@
 
 use super::{Layer, Param, StateMut, check_grad, check_shape};
 use crate::error::{Error, Result};
-use crate::parallel::{par_chunks_mut, par_zip_chunks_init};
+use crate::parallel::{par_chunks_mut, par_zip_chunks_scratch};
 use crate::tensor::{Dual, Tensor};
 
 /// Configuration of a [`BatchNorm`] layer (PyTorch defaults: `eps = 1e-5`, `momentum = 0.1`,
@@ -178,22 +178,14 @@ fn channel_sums2(
         return;
     }
     // BatchNorm2d: one task per channel, samples added in order.
-    par_zip_chunks_init(
-        first,
-        1,
-        second,
-        1,
-        n * s * c,
-        || (),
-        |_, ch, s1, s2| {
-            for i in 0..n {
-                let off = (i * c + ch) * s;
-                let (u, v) = pair_sums(&a[off..off + s], &b[off..off + s], &f);
-                s1[0] += u;
-                s2[0] += v;
-            }
-        },
-    );
+    par_zip_chunks_scratch(first, 1, second, 1, n * s * c, |_, ch, s1, s2| {
+        for i in 0..n {
+            let off = (i * c + ch) * s;
+            let (u, v) = pair_sums(&a[off..off + s], &b[off..off + s], &f);
+            s1[0] += u;
+            s2[0] += v;
+        }
+    });
 }
 
 /// Per-channel sums of `(x - mean)^2` over an `[n, c, s]` layout, in f64.

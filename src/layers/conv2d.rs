@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::init::{Rng, default_bound, uniform};
 use crate::kernels::gemm::gemm_serial;
 use crate::kernels::im2col::{Geometry, col2im_add, im2col, im2col_t};
-use crate::parallel::{par_chunks_init, par_zip_chunks_init};
+use crate::parallel::{Scratch, par_chunks_scratch, par_zip_chunks_scratch};
 use crate::tensor::{Dual, Tensor};
 
 /// Samples whose weight gradients one parallel task sums before the ordered reduction.
@@ -127,13 +127,6 @@ pub struct Conv2d {
     partials: Vec<f32>,
 }
 
-/// Per-worker scratch: the im2col matrix of one sample and, in backward, its gradient.
-#[derive(Default)]
-struct Scratch {
-    cols: Vec<f32>,
-    aux: Vec<f32>,
-}
-
 impl Conv2d {
     /// The layer's configuration.
     pub fn config(&self) -> &Conv2dConfig {
@@ -174,30 +167,23 @@ impl Conv2d {
         let (p, pl) = (g.out_pixels(), g.patch_len());
         let w = Self::weight_matrix(weight, c_out);
         let work = y.len() * pl;
-        par_chunks_init(
-            y.data_mut(),
-            c_out * p,
-            work,
-            Scratch::default,
-            |s, i, out| {
-                s.cols.resize(p * pl, 0.0);
-                im2col_t(g, x.row(i), &mut s.cols);
-                let cols =
-                    ArrayView2::from_shape((pl, p), &s.cols[..]).unwrap_or_else(|_| unreachable!());
-                let beta = match bias {
-                    Some(b) => {
-                        for (row, &bv) in out.chunks_mut(p).zip(b.data()) {
-                            row.fill(bv);
-                        }
-                        1.0
+        // The scratch `a` holds the sample's im2col matrix.
+        par_chunks_scratch(y.data_mut(), c_out * p, work, |s, i, out| {
+            s.a.resize(p * pl, 0.0);
+            im2col_t(g, x.row(i), &mut s.a);
+            let cols = ArrayView2::from_shape((pl, p), &s.a[..]).unwrap_or_else(|_| unreachable!());
+            let beta = match bias {
+                Some(b) => {
+                    for (row, &bv) in out.chunks_mut(p).zip(b.data()) {
+                        row.fill(bv);
                     }
-                    None => 0.0,
-                };
-                let out =
-                    ArrayViewMut2::from_shape((c_out, p), out).unwrap_or_else(|_| unreachable!());
-                gemm_serial(1.0, w, cols, beta, out);
-            },
-        );
+                    1.0
+                }
+                None => 0.0,
+            };
+            let out = ArrayViewMut2::from_shape((c_out, p), out).unwrap_or_else(|_| unreachable!());
+            gemm_serial(1.0, w, cols, beta, out);
+        });
     }
 }
 
@@ -285,51 +271,47 @@ impl Layer for Conv2d {
         let work = n * p * pl * c_out * 2;
         // Each task sums the weight gradient of its samples (recomputing their im2col, which
         // is cheap next to the product) and, when asked, writes their input gradient.
+        // Scratch `a` holds a sample's im2col matrix, `b` its gradient.
         let task = |s: &mut Scratch, t: usize, partial: &mut [f32], gx: Option<&mut [f32]>| {
-            s.cols.resize(p * pl, 0.0);
+            s.a.resize(p * pl, 0.0);
             let mut partial =
                 ArrayViewMut2::from_shape((c_out, pl), partial).unwrap_or_else(|_| unreachable!());
             partial.fill(0.0);
             let first = t * SAMPLES_PER_TASK;
             let mut gx = gx;
             for (j, i) in (first..(first + SAMPLES_PER_TASK).min(n)).enumerate() {
-                im2col(&g, input.row(i), &mut s.cols);
+                im2col(&g, input.row(i), &mut s.a);
                 let cols =
-                    ArrayView2::from_shape((p, pl), &s.cols[..]).unwrap_or_else(|_| unreachable!());
+                    ArrayView2::from_shape((p, pl), &s.a[..]).unwrap_or_else(|_| unreachable!());
                 let gi = ArrayView2::from_shape((c_out, p), grad_output.row(i))
                     .unwrap_or_else(|_| unreachable!());
                 gemm_serial(1.0, gi, cols, 1.0, partial.view_mut());
                 if let Some(gx) = gx.as_deref_mut() {
-                    s.aux.resize(p * pl, 0.0);
-                    let dcols = ArrayViewMut2::from_shape((p, pl), &mut s.aux[..])
+                    s.b.resize(p * pl, 0.0);
+                    let dcols = ArrayViewMut2::from_shape((p, pl), &mut s.b[..])
                         .unwrap_or_else(|_| unreachable!());
                     gemm_serial(1.0, gi.t(), w, 0.0, dcols);
                     let gxi = &mut gx[j * g.in_len()..(j + 1) * g.in_len()];
                     gxi.fill(0.0);
-                    col2im_add(&g, &s.aux, gxi);
+                    col2im_add(&g, &s.b, gxi);
                 }
             }
         };
         match grad_input {
             Some(gx) => {
                 gx.resize(input.shape());
-                par_zip_chunks_init(
+                par_zip_chunks_scratch(
                     &mut self.partials,
                     c_out * pl,
                     gx.data_mut(),
                     SAMPLES_PER_TASK * g.in_len(),
                     work,
-                    Scratch::default,
                     |s, t, partial, gx| task(s, t, partial, Some(gx)),
                 );
             }
-            None => par_chunks_init(
-                &mut self.partials,
-                c_out * pl,
-                work,
-                Scratch::default,
-                |s, t, partial| task(s, t, partial, None),
-            ),
+            None => par_chunks_scratch(&mut self.partials, c_out * pl, work, |s, t, partial| {
+                task(s, t, partial, None)
+            }),
         }
         let wg = &mut self.weight.grad;
         wg.resize(self.weight.value.shape());

@@ -2,7 +2,7 @@
 
 use super::{Layer, check_grad, check_shape};
 use crate::error::{Error, Result};
-use crate::parallel::{par_chunks_mut, par_zip_chunks_init};
+use crate::parallel::{par_chunks_mut, par_zip_chunks_scratch};
 use crate::tensor::{Dual, Tensor};
 
 /// Max pooling with a square window, no padding, floor rounding (PyTorch's defaults).
@@ -117,13 +117,12 @@ impl Layer for MaxPool2d {
         let ks = (self.kernel, self.stride);
         let (y, dy) = output.parts_mut();
         let work = x.len();
-        par_zip_chunks_init(
+        par_zip_chunks_scratch(
             y.data_mut(),
             out_len,
             &mut self.argmax,
             out_len,
             work,
-            || (),
             |_, i, ys, arg| {
                 Self::pool_sample(ks, d, x.row(i), ys, Some(arg));
             },
