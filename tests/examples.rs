@@ -169,3 +169,37 @@ fn wrong_flag_values_get_a_clear_message() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "builds and runs the examples: run with --release"
+)]
+fn a_rule_written_outside_the_crate_trains() {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "run",
+        "--quiet",
+        "--release",
+        "--example",
+        "custom_rule",
+        "--",
+        "1",
+    ]);
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let accuracy: f64 = stdout
+        .split("test accuracy ")
+        .nth(1)
+        .and_then(|s| s.trim().trim_end_matches('%').parse().ok())
+        .unwrap_or_else(|| panic!("no accuracy in {stdout}"));
+    assert!(
+        accuracy > 90.0,
+        "sign-feedback DFA reached {accuracy}% after one epoch"
+    );
+}
