@@ -364,6 +364,55 @@ impl Model {
         Ok(())
     }
 
+    /// Backpropagation from the logits' gradient down to the first feedback point only,
+    /// calling `hook(l, grad)` with the true gradient of `h_l` (shaped like
+    /// [`hidden(l)`](Self::hidden)) at every feedback point, last point first.
+    ///
+    /// It sets the parameter gradients of every block after the first feedback point, as
+    /// [`backward`](Self::backward) does, and leaves the first block's untouched (nothing
+    /// flows into it). Diagnostics use it to read the Jacobian of the output with respect to
+    /// each `h_l`, one cotangent at a time.
+    ///
+    /// ```
+    /// use fdfa::model::fc;
+    /// use fdfa::Tensor;
+    /// let mut rng = fdfa::init::rng(0);
+    /// let mut model = fc(&[1, 2, 2], 2, 5, 3, &mut rng)?;
+    /// let x = Tensor::from_vec(&[2, 1, 2, 2], vec![0.1, -0.4, 0.3, 0.9, -0.2, 0.5, 0.7, -0.8])?;
+    /// model.forward(&x, &mut |_, _| Ok(()))?;
+    /// let logits_grad = Tensor::from_vec(&[2, 3], vec![1., 0., 0., 0., 0., 0.])?;
+    /// let mut seen = Vec::new();
+    /// model.backward_to_points(&logits_grad, &mut |l, g| {
+    ///     seen.push((l, g.shape().to_vec()));
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(seen, vec![(1, vec![2, 5]), (0, vec![2, 5])]);
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `logits_grad` is not `[N, classes]` of the last forward;
+    /// whatever `hook` returns.
+    pub fn backward_to_points(
+        &mut self,
+        logits_grad: &Tensor,
+        hook: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<()> {
+        let Some(first) = self.blocks.iter().position(|b| b.feedback.is_some()) else {
+            return Ok(());
+        };
+        self.grad_a.assign(logits_grad);
+        let mut point = self.points.len();
+        for b in (first + 1..self.blocks.len()).rev() {
+            self.backward_from_a(b, true)?;
+            if self.blocks[b - 1].feedback.is_some() {
+                point -= 1;
+                hook(point, &self.grad_a)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Inference (BatchNorm with running statistics) on a batch of any size, processed in
     /// chunks to bound memory.
     ///
