@@ -3,6 +3,7 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod diagnostics;
 pub mod error;
 pub mod init;
 mod kernels;

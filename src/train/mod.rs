@@ -16,6 +16,7 @@ use ndarray_rand::rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
+use crate::diagnostics::{AlignmentRow, MeasureConfig, measure};
 use crate::error::{Error, Result};
 use crate::init::{Rng, rng};
 use crate::loss::evaluate_rows;
@@ -181,6 +182,15 @@ pub struct Trainer {
     x: Tensor,
     targets: Vec<usize>,
     order: Vec<usize>,
+    alignment: Option<AlignmentProbe>,
+}
+
+/// The opt-in alignment measurement of a trainer.
+#[derive(Debug)]
+struct AlignmentProbe {
+    every: usize,
+    config: MeasureConfig,
+    rows: Vec<AlignmentRow>,
 }
 
 /// A generator for one purpose of one epoch (and batch) of a run.
@@ -193,6 +203,7 @@ fn derived_rng(seed: u64, purpose: u64, epoch: usize, batch: usize) -> Rng {
 const SHUFFLE: u64 = 1;
 const AUGMENT: u64 = 2;
 const DIRECTIONS: u64 = 3;
+const ALIGNMENT: u64 = 4;
 
 impl Trainer {
     /// A trainer at epoch 0.
@@ -226,7 +237,75 @@ impl Trainer {
             x: Tensor::default(),
             targets: Vec::new(),
             order: Vec::new(),
+            alignment: None,
         })
+    }
+
+    /// Measures, every `every` batches and before that batch's update, how the rule's updates
+    /// align with backpropagation's on that batch ([`measure`]); collect the rows with
+    /// [`take_alignment`](Self::take_alignment). Training is unchanged: the measurement
+    /// restores what it touches and draws its directions from its own generator, derived
+    /// from the seed, the epoch and the batch.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `every` or `config.repeats` is zero.
+    pub fn measure_alignment(&mut self, every: usize, config: MeasureConfig) -> Result<()> {
+        if every == 0 {
+            return Err(Error::config(
+                "training",
+                "alignment_every",
+                "must be positive",
+            ));
+        }
+        if config.repeats == 0 {
+            return Err(Error::config("measure", "repeats", "must be at least 1"));
+        }
+        self.alignment = Some(AlignmentProbe {
+            every,
+            config,
+            rows: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// The alignment rows measured since the last call (empty when not measuring).
+    pub fn take_alignment(&mut self) -> Vec<AlignmentRow> {
+        self.alignment
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.rows))
+            .unwrap_or_default()
+    }
+
+    /// Runs the alignment measurement on the batch in `self.x` when it is due.
+    fn probe(&mut self, epoch: usize, batch: usize) -> Result<()> {
+        let Some(probe) = &self.alignment else {
+            return Ok(());
+        };
+        if !(batch + 1).is_multiple_of(probe.every) {
+            return Ok(());
+        }
+        let config = probe.config;
+        let x = self.model_input_view();
+        let mut rng = derived_rng(self.config.seed, ALIGNMENT, epoch, batch);
+        let result = measure(
+            &mut self.model,
+            self.rule.as_mut(),
+            &x,
+            &self.targets,
+            &mut rng,
+            &config,
+        );
+        self.x = x.into_tensor();
+        if let Some(probe) = &mut self.alignment {
+            probe
+                .rows
+                .extend(result?.into_iter().map(|alignment| AlignmentRow {
+                    epoch,
+                    batch: batch + 1,
+                    alignment,
+                }));
+        }
+        Ok(())
     }
 
     /// The settings.
@@ -283,6 +362,7 @@ impl Trainer {
             self.targets.resize(m, 0);
             let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
             train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
+            self.probe(epoch, b)?;
             let report = self.step(epoch, b)?;
             self.progress.batch += 1;
             self.progress.loss_sum += report as f64;
