@@ -11,7 +11,7 @@
 //! - the spread of the rule's estimates over repeated draws of its random directions: the
 //!   total variance (summed over elements) of the main weight's gradient and of the learned
 //!   feedback's target `B_l - grad(B_l)` (for FDFA, `mean_i d_i u_{l,i}^T`), and each relative
-//!   to the squared norm of its mean.
+//!   to the squared norm of its expected value.
 //!
 //! The Jacobian is exact: one reverse pass per sample and class
 //! ([`Model::backward_to_points`]), reading only sample `i`'s row. A pass with a one-hot
@@ -90,13 +90,15 @@ pub struct LayerAlignment {
     pub feedback_cosine: Option<f64>,
     /// Total variance (sum over elements) of the main weight's gradient over draws.
     pub variance: f64,
-    /// [`variance`](Self::variance) over the squared norm of the mean gradient.
+    /// [`variance`](Self::variance) over the squared norm of the expected gradient (estimated
+    /// without the `variance / repeats` bias of the mean's norm; NaN when the draws cannot
+    /// tell it from zero).
     pub relative_variance: f64,
     /// Total variance of the learned feedback's target `B_l - grad(B_l)` over draws; `None`
     /// when the rule learns no feedback.
     pub feedback_variance: Option<f64>,
-    /// [`feedback_variance`](Self::feedback_variance) over the squared norm of the mean
-    /// target.
+    /// [`feedback_variance`](Self::feedback_variance) over the squared norm of the expected
+    /// target, estimated as for [`relative_variance`](Self::relative_variance).
     pub feedback_relative_variance: Option<f64>,
 }
 
@@ -124,15 +126,27 @@ impl Moments {
         }
     }
 
-    /// Total variance (unbiased per element, summed) and its ratio to the mean's squared
-    /// norm; zeros with fewer than two draws.
+    /// Total variance `V` (unbiased per element, summed) and its ratio to the squared norm
+    /// of the expected value; zeros with fewer than two draws.
+    ///
+    /// The squared norm of the sample mean of `R` draws overestimates that of the expected
+    /// value by `V / R` (which would cap the ratio near `R` for a noisy estimator), so the
+    /// ratio uses the unbiased `|mean|^2 - V / R`, and is NaN when that is not positive: the
+    /// draws cannot tell the expected value from zero.
     fn variance(&self) -> (f64, f64) {
         if self.count < 2 {
             return (0.0, 0.0);
         }
         let total = self.m2.iter().sum::<f64>() / (self.count - 1) as f64;
-        let norm2: f64 = self.mean.iter().map(|m| m * m).sum();
-        (total, if norm2 > 0.0 { total / norm2 } else { 0.0 })
+        let norm2 = self.mean.iter().map(|m| m * m).sum::<f64>() - total / self.count as f64;
+        let relative = if total == 0.0 {
+            0.0
+        } else if norm2 > 0.0 {
+            total / norm2
+        } else {
+            f64::NAN
+        };
+        (total, relative)
     }
 }
 

@@ -4,6 +4,7 @@
 //! is `(P + 1) |g|^2`.
 
 use fdfa::Result;
+use fdfa::diagnostics::{MeasureConfig, measure};
 use fdfa::init::rng;
 use fdfa::loss::cross_entropy;
 use fdfa::model::{Block, Model};
@@ -147,5 +148,31 @@ fn fga_is_unbiased_and_its_variance_grows_with_the_activity_dimension() -> Resul
         ratios.push(ratio);
     }
     assert!(ratios[1] > 3.0 * ratios[0]);
+    Ok(())
+}
+
+/// The diagnostics' relative variance of FG-W's estimate of one weight `W`: each element's
+/// variance is `|g|^2 + g_e^2`, so the total over `W` relative to `|g_W|^2` is
+/// `|W| |g|^2 / |g_W|^2 + 1`, with `g` the gradient of all parameters.
+#[test]
+fn measured_relative_variance_of_fgw_matches_theory() -> Result<()> {
+    let mut model = mlp(6, 8, 3, 5)?;
+    let mut r = rng(6);
+    let x = normal(&[4, 6], &mut r);
+    let targets = [0, 1, 2, 1];
+    Bp::new().step(&mut model, &x, &targets, &mut r)?;
+    let all = norm2(&grads(&mut model));
+    let main = grads_of(&mut model, &|name| name == "fc0.weight");
+    let want = main.len() as f64 * all / norm2(&main) + 1.0;
+    let config = MeasureConfig {
+        repeats: 3000,
+        jacobian_samples: None,
+    };
+    let mut rule = ForwardGradientWeight::new();
+    let layers = measure(&mut model, &mut rule, &x, &targets, &mut r, &config)?;
+    let got = layers[0].relative_variance;
+    eprintln!("FG-W relative variance of fc0.weight: {got:.1} (theory {want:.1})");
+    assert_eq!(layers[0].weight, "fc0.weight");
+    assert!((got / want - 1.0).abs() < 0.15, "{got} vs {want}");
     Ok(())
 }
