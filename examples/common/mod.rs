@@ -8,13 +8,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use fdfa::data::{DataSource, DatasetName};
+use fdfa::diagnostics::{AlignmentLog, MeasureConfig, alignment_log_path};
 use fdfa::model::Model;
 use fdfa::rules::RuleKind;
 use fdfa::train::{CsvLog, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Flags of the reference's training scripts, plus `--data-dir`, `--threads` and
-/// `--directions`.
+/// Flags of the reference's training scripts, plus `--data-dir`, `--threads`,
+/// `--directions` and the alignment diagnostics.
 #[derive(Parser, Debug, Clone)]
 #[command(allow_negative_numbers = true)]
 pub struct Args {
@@ -73,6 +74,23 @@ pub struct Args {
     /// Random directions per sample for FDFA and FGA.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub directions: u64,
+    /// Measure, before every EVERY-th batch (100 when no value is given), how the rule's
+    /// updates align with backpropagation's on that batch; rows go to `<log>.alignment.csv`.
+    #[arg(
+        long,
+        value_name = "EVERY",
+        num_args = 0..=1,
+        default_missing_value = "100",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub measure_alignment: Option<u64>,
+    /// Draws of the random directions per alignment measurement (for the variances).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(2..))]
+    pub alignment_repeats: u64,
+    /// Samples of the batch over which the Jacobian of an alignment measurement is averaged
+    /// (default: all); each costs one backward pass per class.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub alignment_jacobian_samples: Option<u64>,
 }
 
 fn non_negative(s: &str) -> Result<f32, String> {
@@ -189,15 +207,37 @@ fn run(
         .join(format!("{}.csv", timestamp()));
     let mut log = CsvLog::open(&log_path)?;
     println!("logging to {}", log_path.display());
-    train_loop(&mut trainer, &*train, &*test, &mut log, args)
+    let mut alignment = match args.measure_alignment {
+        Some(every) => {
+            let config = MeasureConfig {
+                repeats: args.alignment_repeats as usize,
+                jacobian_samples: args.alignment_jacobian_samples.map(|m| m as usize),
+            };
+            trainer.measure_alignment(every as usize, config)?;
+            let path = alignment_log_path(&log_path);
+            println!("alignment every {every} batches to {}", path.display());
+            Some(AlignmentLog::open(&path)?)
+        }
+        None => None,
+    };
+    train_loop(
+        &mut trainer,
+        &*train,
+        &*test,
+        &mut log,
+        alignment.as_mut(),
+        args,
+    )
 }
 
-/// Epochs with a progress bar, a line per epoch, and a CSV row per epoch.
+/// Epochs with a progress bar, a line per epoch, a CSV row per epoch and, when measuring,
+/// the epoch's alignment rows.
 pub fn train_loop(
     trainer: &mut Trainer,
     train: &dyn DataSource,
     test: &dyn DataSource,
     log: &mut CsvLog,
+    mut alignment: Option<&mut AlignmentLog>,
     args: &Args,
 ) -> fdfa::Result<()> {
     let bs = args.batch_size as usize;
@@ -237,6 +277,10 @@ pub fn train_loop(
             ControlFlow::Continue(())
         });
         bar.finish_and_clear();
+        let rows = trainer.take_alignment();
+        if let Some(alignment) = alignment.as_deref_mut() {
+            alignment.append(&rows)?;
+        }
         let train_loss = match result? {
             Some(loss) => loss,
             None => trainer.progress().loss_sum / trainer.progress().batch.max(1) as f64,
