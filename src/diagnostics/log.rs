@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 
 /// The alignment log's header. Missing values (no feedback matrices, no learned feedback)
 /// are empty fields.
-pub const ALIGNMENT_HEADER: &str = "epoch,batch,layer,point,update_cosine,block_cosine,\
+pub const ALIGNMENT_HEADER: &str = "epoch,batch,batches,layer,point,update_cosine,block_cosine,\
 feedback_cosine,variance,relative_variance,feedback_variance,feedback_relative_variance";
 
 /// One measurement of one hidden block during training.
@@ -19,6 +19,8 @@ pub struct AlignmentRow {
     pub epoch: usize,
     /// The batch within the epoch, from 1; measured before that batch's update.
     pub batch: usize,
+    /// Batches in the epoch (so that `epoch - 1 + batch / batches` places the row in time).
+    pub batches: usize,
     /// What was measured.
     pub alignment: LayerAlignment,
 }
@@ -89,9 +91,10 @@ impl AlignmentLog {
         for r in rows {
             let a = &r.alignment;
             text.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 r.epoch,
                 r.batch,
+                r.batches,
                 a.layer,
                 a.point,
                 a.update_cosine,

@@ -277,7 +277,7 @@ impl Trainer {
     }
 
     /// Runs the alignment measurement on the batch in `self.x` when it is due.
-    fn probe(&mut self, epoch: usize, batch: usize) -> Result<()> {
+    fn probe(&mut self, epoch: usize, batch: usize, batches: usize) -> Result<()> {
         let Some(probe) = &self.alignment else {
             return Ok(());
         };
@@ -302,6 +302,7 @@ impl Trainer {
                 .extend(result?.into_iter().map(|alignment| AlignmentRow {
                     epoch,
                     batch: batch + 1,
+                    batches,
                     alignment,
                 }));
         }
@@ -362,7 +363,7 @@ impl Trainer {
             self.targets.resize(m, 0);
             let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
             train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
-            self.probe(epoch, b)?;
+            self.probe(epoch, b, batches)?;
             let report = self.step(epoch, b)?;
             self.progress.batch += 1;
             self.progress.loss_sum += report as f64;
