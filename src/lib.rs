@@ -1,9 +1,66 @@
-//! fdfa: training neural networks with forward-mode feedback alignment.
+//! # fdfa
+//!
+//! Train neural networks with **Forward Direct Feedback Alignment** (FDFA), **Direct Feedback
+//! Alignment** (DFA), **Direct Kolen-Pollack** (DKP) or **backpropagation** (BP), exactly as
+//! the PyTorch reference implementation of FDFA computes them, on the CPU.
+//!
+//! The crate carries its own forward-mode automatic differentiation: a [`Dual`] tensor holds
+//! a batch of values and, optionally, `k` tangents, and every layer propagates the tangents
+//! by its exact Jacobian-vector product in the same pass (BatchNorm's coupling of the batch
+//! included). A tangent that is absent is an exact zero and costs nothing. Rayon spreads
+//! each batch over the cores in fixed chunks, so results do not depend on the number of
+//! threads.
+//!
+//! ## Quick start
+//!
+//! ```
+//! use std::ops::ControlFlow;
+//! use fdfa::data::Dataset;
+//! use fdfa::rules::RuleKind;
+//! use fdfa::train::{TrainConfig, Trainer};
+//!
+//! // A toy task: 128 4x4 images whose class is the brighter half.
+//! let mut pixels = Vec::new();
+//! let mut labels = Vec::new();
+//! for i in 0..128u32 {
+//!     let class = i % 2;
+//!     for p in 0..16u32 {
+//!         let bright = (p < 8) == (class == 0);
+//!         pixels.push(if bright { 200 } else { 20 } + ((i * 7 + p * 13) % 30) as u8);
+//!     }
+//!     labels.push(class);
+//! }
+//! let data = Dataset::new(pixels, labels, [1, 4, 4], 2)?;
+//!
+//! let mut rng = fdfa::init::rng(0);
+//! let model = fdfa::model::fc(&[1, 4, 4], 2, 32, 2, &mut rng)?;   // FC-2, width 32
+//! let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
+//! let config = TrainConfig { batch_size: 16, epochs: 3, lr: 1e-2, b_lr: 1e-2, ..TrainConfig::default() };
+//! let mut trainer = Trainer::new(model, rule, config)?;
+//! let records = trainer.fit(&data, &data, &mut |_| ControlFlow::Continue(()))?;
+//! assert!(records[2].test_accuracy > 90.0);
+//! # Ok::<(), fdfa::Error>(())
+//! ```
+//!
+//! ## Where to go next
+//!
+//! - **Recommended path:** [`model`] builds the reference's networks ([`model::fc`],
+//!   [`model::shallow_cnn`], [`model::alexnet_bn`]); [`rules::RuleKind`] builds a rule;
+//!   [`train::Trainer`] runs epochs with the reference's defaults ([`train::TrainConfig`]);
+//!   [`data`] reads MNIST, Fashion-MNIST and CIFAR. The examples (`cargo run --release
+//!   --example mnist`) add the reference's command line.
+//! - **Expert path:** assemble your own [`model::Block`]s from [`layers`], drive
+//!   [`rules::LearningRule::step`] and the two [`optim::Adam`] groups yourself, or write a
+//!   rule of your own on the [`model::Model`] primitives (see `examples/custom_rule.rs`).
+//! - Coming from PyTorch: [`doc::pytorch_users`].
+
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod data;
 pub mod diagnostics;
+pub mod doc;
 pub mod error;
 pub mod init;
 mod kernels;

@@ -285,17 +285,15 @@ impl Trainer {
             return Ok(());
         }
         let config = probe.config;
-        let x = self.model_input_view();
         let mut rng = derived_rng(self.config.seed, ALIGNMENT, epoch, batch);
         let result = measure(
             &mut self.model,
             self.rule.as_mut(),
-            &x,
+            &self.x,
             &self.targets,
             &mut rng,
             &config,
         );
-        self.x = x.into_tensor();
         if let Some(probe) = &mut self.alignment {
             probe
                 .rows
@@ -354,12 +352,13 @@ impl Trainer {
         self.order.extend(0..n);
         self.order
             .shuffle(&mut derived_rng(self.config.seed, SHUFFLE, epoch, 0));
-        let [c, h, w] = train.sample_shape();
+        let mut shape = self.batch_shape(0, train)?;
         while self.progress.batch < batches {
             let b = self.progress.batch;
             let indices = &self.order[b * bs..((b + 1) * bs).min(n)];
             let m = indices.len();
-            self.x.resize(&[m, c, h, w]);
+            shape[0] = m;
+            self.x.resize(&shape);
             self.targets.resize(m, 0);
             let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
             train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
@@ -390,11 +389,12 @@ impl Trainer {
             epoch,
             batch,
         };
-        let x = self.model_input_view();
-        let report = self
-            .rule
-            .step(&mut self.model, &x, &self.targets, &mut self.progress.rng)?;
-        self.x = x.into_tensor();
+        let report = self.rule.step(
+            &mut self.model,
+            &self.x,
+            &self.targets,
+            &mut self.progress.rng,
+        )?;
         if !report.loss.is_finite() {
             return Err(nonfinite("loss".into()));
         }
@@ -425,11 +425,20 @@ impl Trainer {
         }
     }
 
-    /// The batch reshaped to the model's input shape (a move, not a copy).
-    fn model_input_view(&mut self) -> InputBatch {
-        let mut shape = vec![self.targets.len()];
+    /// The shape of a batch of `m` samples of `source` as the model takes it, which must hold
+    /// as many values per sample as the source gives.
+    fn batch_shape(&self, m: usize, source: &dyn DataSource) -> Result<Vec<usize>> {
+        let given: usize = source.sample_shape().iter().product();
+        let mut shape = vec![m];
         shape.extend_from_slice(self.model.input_shape());
-        InputBatch::new(std::mem::take(&mut self.x), &shape)
+        if shape[1..].iter().product::<usize>() != given {
+            return Err(Error::shape(
+                "model input",
+                format!("{:?} values per sample", self.model.input_shape()),
+                &source.sample_shape(),
+            ));
+        }
+        Ok(shape)
     }
 
     /// Closes the current epoch: records it with the test results and decays the learning
@@ -464,25 +473,21 @@ impl Trainer {
         // Chunks are whole multiples of the training batch size, so that the test loss can be
         // averaged over batches of that size as the reference does.
         let chunk = (self.config.test_batch_size / bs).max(1) * bs;
-        let [c, h, w] = test.sample_shape();
         let classes = self.model.classes();
         let (mut loss_sum, mut groups, mut correct) = (0.0f64, 0usize, 0usize);
         let mut indices = Vec::with_capacity(chunk);
         let mut x = Tensor::default();
         let mut targets = Vec::new();
-        let mut shape = vec![0];
-        shape.extend_from_slice(self.model.input_shape());
+        let mut shape = self.batch_shape(0, test)?;
         for start in (0..n).step_by(chunk) {
             let m = chunk.min(n - start);
             indices.clear();
             indices.extend(start..start + m);
-            x.resize(&[m, c, h, w]);
+            shape[0] = m;
+            x.resize(&shape);
             targets.resize(m, 0);
             test.fill_batch(&indices, 0, x.data_mut(), &mut targets)?;
-            shape[0] = m;
-            let input = InputBatch::new(std::mem::take(&mut x), &shape);
-            let logits = self.model.infer(&input)?;
-            x = input.into_tensor();
+            let logits = self.model.infer(&x)?;
             if let Some(t) = targets.iter().find(|&&t| t >= classes) {
                 return Err(Error::shape(
                     "evaluate",
@@ -529,28 +534,6 @@ impl Trainer {
             }
         }
         Ok(self.progress.records.clone())
-    }
-}
-
-/// A batch tensor viewed with the model's input shape; gives the buffer back afterwards.
-struct InputBatch(Tensor);
-
-impl InputBatch {
-    fn new(t: Tensor, shape: &[usize]) -> Self {
-        let data = t.into_vec();
-        Self(Tensor::from_vec(shape, data).unwrap_or_else(|_| unreachable!("same element count")))
-    }
-
-    fn into_tensor(self) -> Tensor {
-        self.0
-    }
-}
-
-impl std::ops::Deref for InputBatch {
-    type Target = Tensor;
-
-    fn deref(&self) -> &Tensor {
-        &self.0
     }
 }
 

@@ -1,0 +1,9 @@
+//! Criterion benchmarks: `cargo bench`. Throughput is declared in samples, so criterion
+//! reports samples per second.
+
+mod benchmarks;
+
+criterion::criterion_main! {
+    benchmarks::layers::benches,
+    benchmarks::train_step::benches,
+}

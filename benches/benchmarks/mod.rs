@@ -1,0 +1,2 @@
+pub mod layers;
+pub mod train_step;

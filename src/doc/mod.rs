@@ -1,0 +1,3 @@
+//! Guides, as documentation only.
+
+pub mod pytorch_users;
