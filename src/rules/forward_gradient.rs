@@ -9,8 +9,8 @@ use crate::tensor::Tensor;
 
 /// FG-W: one direction `v ~ N(0, I)` over all parameters per step; the forward pass carries
 /// parameter tangents, giving the directional derivative `dL . v` of the mean loss, and every
-/// parameter's gradient estimate is `(dL . v) v` (unbiased, with a variance that grows with
-/// the parameter count).
+/// parameter's gradient estimate is `(dL . v) v`: unbiased, with a total variance of
+/// `(P + 1) |g|^2` for `P` parameters (`tests/research` checks both).
 #[derive(Clone, Debug, Default)]
 pub struct ForwardGradientWeight {
     tangents: Vec<Tensor>,
@@ -87,6 +87,13 @@ impl LearningRule for ForwardGradientWeight {
 /// derivative along them, `s_i = dL_i . (u_1, ..., u_L)`, gives the block signal
 /// `g_{l,i} = s_i u_{l,i}` (averaged over `k` directions), followed by the in-block
 /// backward. The output layer gets its true gradient.
+///
+/// Without layers that couple samples the estimate is unbiased, with a total variance of
+/// `(A + 1) |a_i|^2` per sample for `A` perturbed activations (`tests/research`). BatchNorm
+/// in training mode couples the samples: `s_i` then also carries other samples' directions,
+/// which average out, but the expected signal is then sample `i`'s own path
+/// `(dy_i / dh_{l,i})^T e_i`, without the part of the true gradient that reaches `h_{l,i}`
+/// through the other samples' losses.
 #[derive(Clone, Debug)]
 pub struct ForwardGradientActivity {
     directions: usize,
