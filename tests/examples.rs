@@ -203,3 +203,32 @@ fn a_rule_written_outside_the_crate_trains() {
         "sign-feedback DFA reached {accuracy}% after one epoch"
     );
 }
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "builds and runs the examples: run with --release"
+)]
+fn mnist_dry_run_measures_alignment_beside_the_log() {
+    let logs = scratch("alignment");
+    let args = [
+        "--train-mode",
+        "FDFA",
+        "--measure-alignment",
+        "1",
+        "--alignment-repeats",
+        "2",
+        "--alignment-jacobian-samples",
+        "2",
+    ];
+    let files = run_example("mnist", &args, &logs);
+    let (alignment, training): (Vec<&String>, Vec<&String>) =
+        files.iter().partition(|f| f.starts_with("epoch,batch,"));
+    assert_one_row(&training.into_iter().cloned().collect::<Vec<_>>());
+    assert_eq!(alignment.len(), 1);
+    let lines: Vec<&str> = alignment[0].lines().collect();
+    // Measured before the first (and, in a dry run, only) batch, at both hidden layers.
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[1].starts_with("1,1,938,0,fc_dfa.0,"), "{}", lines[1]);
+    assert!(lines[2].starts_with("1,1,938,1,fc_dfa.1,"), "{}", lines[2]);
+}
