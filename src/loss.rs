@@ -101,7 +101,7 @@ pub(crate) fn evaluate_rows(logits: &[f32], c: usize, targets: &[usize]) -> (f64
 pub fn cross_entropy_jvp(logits_grad: &Tensor, logits_tangent: &Tensor) -> Result<Vec<f32>> {
     let block = logits_grad.len();
     if block == 0
-        || logits_tangent.len() % block != 0
+        || !logits_tangent.len().is_multiple_of(block)
         || logits_tangent.row_len() != logits_grad.row_len()
     {
         return Err(Error::shape(

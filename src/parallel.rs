@@ -31,18 +31,6 @@ pub(crate) fn par_chunks_mut<F>(
     }
 }
 
-/// Runs `f(i)` for `i` in `0..count`, in parallel when `work` is large enough.
-pub(crate) fn par_for<F>(count: usize, work: usize, f: F)
-where
-    F: Fn(usize) + Send + Sync,
-{
-    if work < PAR_MIN_WORK || count < 2 {
-        (0..count).for_each(f);
-    } else {
-        (0..count).into_par_iter().for_each(f);
-    }
-}
-
 /// The number of worker threads rayon uses.
 pub fn threads() -> usize {
     rayon::current_num_threads()

@@ -217,7 +217,7 @@ pub fn train_loop(
             let rate = samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
             bar.set_position(ev.batch as u64);
             bar.set_message(format!("loss {:.4}, {rate:.0} samples/s", ev.running_loss));
-            if ev.batch as u64 % args.log_interval == 0 {
+            if (ev.batch as u64).is_multiple_of(args.log_interval) {
                 let done = ((ev.batch - 1) * bs + ev.samples).min(train.len());
                 let line = format!(
                     "Train Epoch: {} [{}/{} ({:.0}%)]\tLoss: {:.6}",

@@ -78,7 +78,7 @@ impl BatchNormConfig {
         if self.features == 0 {
             return Err(Error::config(&self.name, "features", "must be positive"));
         }
-        if !(self.eps > 0.0) {
+        if self.eps.is_nan() || self.eps <= 0.0 {
             return Err(Error::config(&self.name, "eps", "must be positive"));
         }
         if !(0.0..=1.0).contains(&self.momentum) {
@@ -235,8 +235,8 @@ impl Layer for BatchNorm {
         channel_sums2(x.data(), x.data(), dims, &mut self.acc, |v, _| {
             (v as f64, 0.0)
         });
-        for ch in 0..c {
-            self.mean[ch] = self.acc[ch] / m as f64;
+        for (mu, sum) in self.mean.iter_mut().zip(&self.acc[..c]) {
+            *mu = sum / m as f64;
         }
         let mean = &self.mean;
         self.acc.fill(0.0);
@@ -251,6 +251,8 @@ impl Layer for BatchNorm {
         }
         let eps = self.config.eps as f64;
         let momentum = self.config.momentum;
+        // Five per-channel arrays move together; an index reads better than a zip of five.
+        #[allow(clippy::needless_range_loop)]
         for ch in 0..c {
             let var = self.acc[ch] / m as f64;
             self.inv_std[ch] = 1.0 / (var + eps).sqrt();

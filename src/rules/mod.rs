@@ -218,7 +218,7 @@ pub(crate) fn perturbed_forward<'m>(
     model.forward(x, &mut |l, h| {
         let u = &directions[l];
         let rows = h.primal().batch();
-        if u.batch() % rows.max(1) != 0
+        if !u.batch().is_multiple_of(rows.max(1))
             || u.row_len() != h.primal().row_len()
             || u.batch() == 0
             || rows != n
