@@ -283,7 +283,8 @@ impl Trainer {
             self.targets.resize(m, 0);
             let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
             train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
-            let report = self.step(epoch, b)?;
+            // Batches are counted from 1 in errors, as in the progress lines.
+            let report = self.step(epoch, b + 1)?;
             self.progress.batch += 1;
             self.progress.loss_sum += report as f64;
             let event = BatchEvent {
