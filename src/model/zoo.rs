@@ -11,8 +11,8 @@ fn boxed(layer: impl Layer + 'static) -> Box<dyn Layer> {
     Box::new(layer)
 }
 
-/// FC-n: flatten, then `n_layers` times [Linear(-> `width`), BatchNorm1d, ReLU, feedback
-/// point `fc_dfa.i`], then Linear(`width` -> `classes`) named `fc_out`.
+/// FC-n: flatten, then `n_layers` times \[Linear(-> `width`), BatchNorm1d, ReLU, feedback
+/// point `fc_dfa.i`\], then Linear(`width` -> `classes`) named `fc_out`.
 ///
 /// The reference uses width 800 for MNIST and Fashion-MNIST (`input_shape = [1, 28, 28]`)
 /// and 1000 for CIFAR-10 (`[3, 32, 32]`).
