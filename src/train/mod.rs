@@ -6,6 +6,8 @@
 //! whose state travels with the trainer, so a run resumed from a checkpoint continues
 //! exactly as the uninterrupted run would.
 
+mod atomic;
+pub mod checkpoint;
 mod csv_log;
 
 pub use csv_log::CsvLog;
