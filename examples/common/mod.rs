@@ -2,19 +2,40 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
-use fdfa::data::{DataSource, DatasetName};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use fdfa::data::{Augmented, CIFAR100_SIZE, DataSource, DatasetName};
 use fdfa::model::Model;
 use fdfa::rules::RuleKind;
+use fdfa::train::checkpoint::{self, RunInfo};
 use fdfa::train::{CsvLog, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Flags of the reference's training scripts, plus `--data-dir`, `--threads` and
-/// `--directions`.
+/// Settings that may change when a run is resumed; every other saved setting must match.
+pub const FREE_ON_RESUME: [&str; 7] = [
+    "epochs",
+    "test-batch-size",
+    "log-dir",
+    "log-interval",
+    "data-dir",
+    "threads",
+    "checkpoint-every",
+];
+/// Flags that describe one invocation rather than the run: neither saved nor adopted.
+const NOT_SAVED: [&str; 3] = ["resume", "dry-run", "inject-nan-at-batch"];
+/// Flags without a value.
+const SWITCHES: [&str; 2] = ["conv", "dry-run"];
+
+/// Flags of the reference's training scripts, plus `--data-dir`, `--threads`,
+/// `--directions`, and the checkpoint flags `--resume` and `--checkpoint-every`.
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
     /// Input batch size for training.
@@ -72,6 +93,22 @@ pub struct Args {
     /// Random directions per sample for FDFA and FGA.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub directions: u64,
+    /// Continue the run saved in this checkpoint folder (flags not given take their saved
+    /// values; the network, rule, dataset and optimisation settings must match).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Also save a checkpoint every N batches (one is always saved after every epoch).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: Option<u64>,
+    /// Poisons a tensor with NaN before the N-th batch this process trains (tests the guard).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub inject_nan_at_batch: Option<u64>,
+    /// Trains on the first N training samples only (quick runs and tests).
+    #[arg(long, hide = true)]
+    pub train_samples: Option<usize>,
+    /// Evaluates on the first N test samples only (quick runs and tests).
+    #[arg(long, hide = true)]
+    pub test_samples: Option<usize>,
 }
 
 fn non_negative(s: &str) -> Result<f32, String> {
@@ -101,6 +138,49 @@ fn parse_rule(s: &str) -> Result<RuleKind, String> {
 }
 
 impl Args {
+    /// Every saved setting, by flag name, as the command line would spell it.
+    pub fn settings(&self, dataset: DatasetName) -> BTreeMap<String, String> {
+        let mut s = BTreeMap::new();
+        let mut put = |key: &str, value: String| {
+            s.insert(key.to_string(), value);
+        };
+        put("dataset", dataset.to_string());
+        put("batch-size", self.batch_size.to_string());
+        put("test-batch-size", self.test_batch_size.to_string());
+        put("epochs", self.epochs.to_string());
+        put("lr", self.lr.to_string());
+        put("b-lr", self.b_lr.to_string());
+        put("gamma", self.gamma.to_string());
+        put("weight-decay", self.weight_decay.to_string());
+        put("feedback-decay", self.feedback_decay.to_string());
+        put("train-mode", self.train_mode.to_string());
+        put("log-dir", self.log_dir.display().to_string());
+        put("n-layers", self.n_layers.to_string());
+        put("conv", self.conv.to_string());
+        put("seed", self.seed.to_string());
+        put("log-interval", self.log_interval.to_string());
+        put("directions", self.directions.to_string());
+        let optional = [
+            (
+                "data-dir",
+                self.data_dir.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("threads", self.threads.map(|t| t.to_string())),
+            (
+                "checkpoint-every",
+                self.checkpoint_every.map(|n| n.to_string()),
+            ),
+            ("train-samples", self.train_samples.map(|n| n.to_string())),
+            ("test-samples", self.test_samples.map(|n| n.to_string())),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                put(key, v);
+            }
+        }
+        s
+    }
+
     /// The trainer settings these flags describe.
     pub fn train_config(&self) -> TrainConfig {
         TrainConfig {
@@ -143,31 +223,124 @@ pub fn timestamp() -> String {
     )
 }
 
-/// Parses the flags, loads the dataset, builds the network with `build`, trains and logs.
-/// Exits with a message (not a panic) on any error.
+/// Parses the command line. With `--resume`, flags not given take the values saved in the
+/// checkpoint, and the result must match the saved run (except [`FREE_ON_RESUME`]).
+pub fn parse_args(dataset: DatasetName) -> Result<(Args, Option<RunInfo>), String> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let matches = Args::command().get_matches_from(&argv);
+    let args = Args::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let Some(dir) = args.resume.clone() else {
+        return Ok((args, None));
+    };
+    let saved = checkpoint::read_run_info(&dir).map_err(|e| e.to_string())?;
+    let command = Args::command();
+    let known = |key: &str| command.get_arguments().any(|a| a.get_long() == Some(key));
+    let mut merged = argv;
+    for (key, value) in &saved.settings {
+        if NOT_SAVED.contains(&key.as_str()) || !known(key) {
+            continue;
+        }
+        if matches.value_source(&key.replace('-', "_")) == Some(ValueSource::CommandLine) {
+            continue;
+        }
+        if !SWITCHES.contains(&key.as_str()) {
+            merged.push(format!("--{key}={value}").into());
+        } else if value == "true" {
+            merged.push(format!("--{key}").into());
+        }
+    }
+    let args = Args::try_parse_from(merged)
+        .map_err(|e| format!("the settings saved in {}: {e}", dir.display()))?;
+    saved
+        .check_settings(&args.settings(dataset), &FREE_ON_RESUME)
+        .map_err(|e| e.to_string())?;
+    Ok((args, Some(saved)))
+}
+
+/// How a run ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every epoch ran (or the dry run's batch).
+    Finished,
+    /// Stopped by Ctrl-C after a batch, with a checkpoint saved.
+    Interrupted,
+}
+
+/// Parses the flags, loads the dataset, builds the network with `build`, trains and logs,
+/// saving checkpoints. Exits with a message (not a panic) on any error, naming the last good
+/// checkpoint; exits cleanly (status 0) after a checkpoint when Ctrl-C is pressed.
 pub fn main_with(
     dataset: DatasetName,
     build: impl Fn(&Args, &mut fdfa::init::Rng) -> fdfa::Result<Model>,
 ) {
-    let args = Args::parse();
-    if let Err(e) = run(dataset, &args, build) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let handler = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C does not wait for the batch.
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: stopping after this batch (press again to quit at once)");
+    });
+    if let Err(e) = handler {
+        eprintln!("warning: Ctrl-C will not save a checkpoint: {e}");
+    }
+    let (args, resume) = match parse_args(dataset) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut last_good = args.resume.clone();
+    if let Err(e) = run(dataset, &args, resume, build, &stop, &mut last_good) {
         eprintln!("error: {e}");
+        match last_good {
+            Some(dir) => eprintln!(
+                "the last good checkpoint is {0}; continue with --resume {0}",
+                dir.display()
+            ),
+            None => eprintln!("no checkpoint was saved before the error"),
+        }
         std::process::exit(1);
     }
+}
+
+/// Loads `dataset`, keeping the first `--train-samples`/`--test-samples` samples if given.
+fn load_data(
+    dataset: DatasetName,
+    args: &Args,
+) -> fdfa::Result<(Box<dyn DataSource>, Box<dyn DataSource>)> {
+    if args.train_samples.is_none() && args.test_samples.is_none() {
+        return fdfa::data::load(dataset, args.data_dir.as_deref());
+    }
+    let (train, test) = fdfa::data::load_raw(dataset, args.data_dir.as_deref())?;
+    let train = train.subset(0..args.train_samples.unwrap_or(train.len()))?;
+    let test = test.subset(0..args.test_samples.unwrap_or(test.len()))?;
+    Ok(match dataset {
+        DatasetName::Cifar100 => (
+            Box::new(Augmented::train(train, CIFAR100_SIZE)?),
+            Box::new(Augmented::test(test, CIFAR100_SIZE)?),
+        ),
+        _ => (Box::new(train), Box::new(test)),
+    })
 }
 
 fn run(
     dataset: DatasetName,
     args: &Args,
+    resume: Option<RunInfo>,
     build: impl Fn(&Args, &mut fdfa::init::Rng) -> fdfa::Result<Model>,
-) -> fdfa::Result<()> {
+    stop: &AtomicBool,
+    last_good: &mut Option<PathBuf>,
+) -> fdfa::Result<Outcome> {
     if let Some(t) = args.threads {
         // Only fails when a global pool already exists, which cannot happen this early.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(t as usize)
             .build_global();
     }
-    let (train, test) = fdfa::data::load(dataset, args.data_dir.as_deref())?;
+    let (train, test) = load_data(dataset, args)?;
     let mut rng = fdfa::init::rng(args.seed);
     let mut model = build(args, &mut rng)?;
     let rule = args
@@ -182,24 +355,136 @@ fn run(
         fdfa::parallel::threads()
     );
     let mut trainer = Trainer::new(model, rule, args.train_config())?;
-    let log_path = args
+    let stem = args
         .log_dir
         .join(args.train_mode.as_str())
-        .join(format!("{}.csv", timestamp()));
-    let mut log = CsvLog::open(&log_path)?;
+        .join(timestamp());
+    let (log_path, dir) = match (&args.resume, resume) {
+        (Some(dir), Some(saved)) => {
+            checkpoint::load_trainer(dir, &mut trainer)?;
+            println!("resuming from {} ({})", dir.display(), position(&trainer));
+            let log = saved.log.unwrap_or_else(|| stem.with_extension("csv"));
+            (log, dir.clone())
+        }
+        _ => (stem.with_extension("csv"), stem.with_extension("ckpt")),
+    };
+    let mut log = CsvLog::rewrite(&log_path, &trainer.progress().records)?;
     println!("logging to {}", log_path.display());
-    train_loop(&mut trainer, &*train, &*test, &mut log, args)
+    let mut saving = Saving {
+        dir: (!args.dry_run).then_some(dir),
+        run: RunInfo {
+            settings: args.settings(dataset),
+            log: Some(log_path),
+        },
+        stop,
+        last_good,
+    };
+    train_loop_with(&mut trainer, &*train, &*test, &mut log, args, &mut saving)
 }
 
-/// Epochs with a progress bar, a line per epoch, and a CSV row per epoch.
+/// Where and when a run saves checkpoints, and the Ctrl-C flag.
+pub struct Saving<'a> {
+    /// The checkpoint folder; `None` saves nothing.
+    pub dir: Option<PathBuf>,
+    /// What the checkpoints record about the run.
+    pub run: RunInfo,
+    /// Set by Ctrl-C: stop after the current batch.
+    pub stop: &'a AtomicBool,
+    /// The last checkpoint saved (or resumed from).
+    pub last_good: &'a mut Option<PathBuf>,
+}
+
+impl Saving<'_> {
+    /// Saves a checkpoint, if there is a folder, and says so on `say`.
+    fn save(&mut self, trainer: &mut Trainer, say: &dyn Fn(String)) -> fdfa::Result<()> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        checkpoint::save_trainer(dir, trainer, &self.run)?;
+        say(format!(
+            "checkpoint saved to {} ({})",
+            dir.display(),
+            position(trainer)
+        ));
+        *self.last_good = Some(dir.clone());
+        Ok(())
+    }
+}
+
+/// Where the run stands, in words: `after epoch 2` or `in epoch 3, after batch 40`.
+fn position(trainer: &Trainer) -> String {
+    let p = trainer.progress();
+    if p.batch == 0 {
+        format!("after epoch {}", p.epoch)
+    } else {
+        format!("in epoch {}, after batch {}", p.epoch + 1, p.batch)
+    }
+}
+
+/// Why the trainer paused within an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pause {
+    Stop,
+    Checkpoint,
+    Inject,
+}
+
+/// Sets an element of the first feedback matrix (or, without one, of the first parameter)
+/// to NaN; returns the tensor's name.
+fn poison(trainer: &mut Trainer) -> String {
+    let mut name = None;
+    if let Some(fb) = trainer.rule.feedback_mut() {
+        fb.visit(&mut |n, p| {
+            if name.is_none() {
+                p.value.data_mut()[0] = f32::NAN;
+                name = Some(n.to_string());
+            }
+        });
+    }
+    if name.is_none() {
+        trainer.model.visit_params(&mut |n, p| {
+            if name.is_none() {
+                p.value.data_mut()[0] = f32::NAN;
+                name = Some(n.to_string());
+            }
+        });
+    }
+    name.unwrap_or_default()
+}
+
+/// Epochs with a progress bar, a line per epoch, and a CSV row per epoch, without
+/// checkpoints.
 pub fn train_loop(
     trainer: &mut Trainer,
     train: &dyn DataSource,
     test: &dyn DataSource,
     log: &mut CsvLog,
     args: &Args,
-) -> fdfa::Result<()> {
+) -> fdfa::Result<Outcome> {
+    let (stop, mut last_good) = (AtomicBool::new(false), None);
+    let mut saving = Saving {
+        dir: None,
+        run: RunInfo::default(),
+        stop: &stop,
+        last_good: &mut last_good,
+    };
+    train_loop_with(trainer, train, test, log, args, &mut saving)
+}
+
+/// Epochs with a progress bar, a line per epoch, a CSV row and a checkpoint per epoch,
+/// checkpoints every `--checkpoint-every` batches, and a checkpoint and a clean stop on
+/// Ctrl-C.
+pub fn train_loop_with(
+    trainer: &mut Trainer,
+    train: &dyn DataSource,
+    test: &dyn DataSource,
+    log: &mut CsvLog,
+    args: &Args,
+    saving: &mut Saving<'_>,
+) -> fdfa::Result<Outcome> {
     let bs = args.batch_size as usize;
+    let mut inject = args.inject_nan_at_batch;
+    let mut done = 0u64;
     while !trainer.finished() {
         let epoch = trainer.progress().epoch + 1;
         let batches = train.len().div_ceil(bs) as u64;
@@ -210,36 +495,68 @@ pub fn train_loop(
                 .progress_chars("=> "),
         );
         bar.set_position(trainer.progress().batch as u64);
+        let say = |line: String| {
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
+        };
         let start = Instant::now();
         let mut samples = 0usize;
-        let result = trainer.train_epoch(train, &mut |ev| {
-            samples += ev.samples;
-            let rate = samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_position(ev.batch as u64);
-            bar.set_message(format!("loss {:.4}, {rate:.0} samples/s", ev.running_loss));
-            if (ev.batch as u64).is_multiple_of(args.log_interval) {
-                let done = ((ev.batch - 1) * bs + ev.samples).min(train.len());
-                let line = format!(
-                    "Train Epoch: {} [{}/{} ({:.0}%)]\tLoss: {:.6}",
-                    ev.epoch,
-                    done,
-                    train.len(),
-                    100.0 * ev.batch as f64 / ev.batches as f64,
-                    ev.loss
-                );
-                if bar.is_hidden() {
-                    println!("{line}");
-                } else {
-                    bar.println(line);
-                }
+        let train_loss = loop {
+            if inject == Some(done + 1) {
+                let name = poison(trainer);
+                eprintln!("injecting NaN into {name} before batch {}", done + 1);
+                inject = None;
             }
-            ControlFlow::Continue(())
-        });
-        bar.finish_and_clear();
-        let train_loss = match result? {
-            Some(loss) => loss,
-            None => trainer.progress().loss_sum / trainer.progress().batch.max(1) as f64,
+            let mut pause = None;
+            let result = trainer.train_epoch(train, &mut |ev| {
+                done += 1;
+                samples += ev.samples;
+                let rate = samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
+                bar.set_position(ev.batch as u64);
+                bar.set_message(format!("loss {:.4}, {rate:.0} samples/s", ev.running_loss));
+                if (ev.batch as u64).is_multiple_of(args.log_interval) {
+                    let seen = ((ev.batch - 1) * bs + ev.samples).min(train.len());
+                    say(format!(
+                        "Train Epoch: {} [{}/{} ({:.0}%)]\tLoss: {:.6}",
+                        ev.epoch,
+                        seen,
+                        train.len(),
+                        100.0 * ev.batch as f64 / ev.batches as f64,
+                        ev.loss
+                    ));
+                }
+                let every = args.checkpoint_every.map(|n| n as usize);
+                pause = if saving.stop.load(Ordering::SeqCst) {
+                    Some(Pause::Stop)
+                } else if inject == Some(done + 1) {
+                    Some(Pause::Inject)
+                } else if every.is_some_and(|n| ev.batch % n == 0 && ev.batch < ev.batches) {
+                    Some(Pause::Checkpoint)
+                } else {
+                    None
+                };
+                match pause {
+                    Some(_) => ControlFlow::Break(()),
+                    None => ControlFlow::Continue(()),
+                }
+            });
+            let p = trainer.progress();
+            let partial = p.loss_sum / p.batch.max(1) as f64;
+            match (result?, pause) {
+                (Some(loss), _) => break loss,
+                (None, _) if args.dry_run => break partial,
+                (None, Some(Pause::Stop)) => {
+                    bar.finish_and_clear();
+                    return interrupted(trainer, saving);
+                }
+                (None, Some(Pause::Checkpoint)) => saving.save(trainer, &say)?,
+                (None, Some(Pause::Inject) | None) => {}
+            }
         };
+        bar.finish_and_clear();
         let elapsed = start.elapsed().as_secs_f64();
         let record = trainer.finish_epoch(train_loss, test)?;
         println!(
@@ -254,8 +571,26 @@ pub fn train_loop(
         if args.dry_run {
             break;
         }
+        saving.save(trainer, &|line| println!("{line}"))?;
+        if saving.stop.load(Ordering::SeqCst) && !trainer.finished() {
+            return interrupted(trainer, saving);
+        }
     }
-    Ok(())
+    Ok(Outcome::Finished)
+}
+
+/// Saves after Ctrl-C and says how to continue.
+fn interrupted(trainer: &mut Trainer, saving: &mut Saving<'_>) -> fdfa::Result<Outcome> {
+    saving.save(trainer, &|line| println!("{line}"))?;
+    match &saving.dir {
+        Some(dir) => println!(
+            "interrupted {}; continue with --resume {}",
+            position(trainer),
+            dir.display()
+        ),
+        None => println!("interrupted; no checkpoint saved"),
+    }
+    Ok(Outcome::Interrupted)
 }
 
 /// Where a dataset example's flags say the data is, for error messages.
