@@ -217,6 +217,12 @@ fn garbled_state_files_are_errors() {
     let mut json: serde_json::Value = serde_json::from_str(&s.state).unwrap();
     json["version"] = 2.into();
     let version = json.to_string();
+    let mut json: serde_json::Value = serde_json::from_str(&s.state).unwrap();
+    json["forward_opt"]["steps"] = 0.into();
+    let steps = json.to_string();
+    let mut json: serde_json::Value = serde_json::from_str(&s.state).unwrap();
+    json["feedback_opt"]["config"]["lr"] = 1e30.into();
+    let lr = json.to_string();
     let cases = [
         (
             "{not json".to_string(),
@@ -235,6 +241,14 @@ fn garbled_state_files_are_errors() {
         (
             version,
             "format `fdfa-checkpoint` version 2, expected `fdfa-checkpoint` version 1",
+        ),
+        (
+            steps,
+            "the forward optimizer's 0 steps do not fit its moments",
+        ),
+        (
+            lr,
+            "the feedback learning rate 1000000000000000000000000000000 is not b_lr 0.001",
         ),
     ];
     for (text, reason) in cases {

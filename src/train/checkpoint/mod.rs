@@ -486,7 +486,6 @@ pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
     trainer
         .feedback_opt
         .restore(state.feedback_opt.steps, learned);
-    trainer.feedback_opt.set_lr(state.feedback_opt.config.lr);
     trainer.restore_progress(state.progress);
     Ok(state.run)
 }

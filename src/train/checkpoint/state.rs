@@ -258,6 +258,8 @@ pub(super) fn check_progress(path: &Path, state: &StateFile) -> Result<()> {
     if !p.loss_sum.is_finite() {
         return Err(bad(path, "the running loss is not finite"));
     }
+    // The learning rates are not taken from the file: the forward one follows the schedule,
+    // the feedback one does not decay. They must agree with it all the same.
     let lr = state.schedule.lr(p.epoch);
     if state.forward_opt.config.lr != lr {
         return Err(bad(
@@ -267,6 +269,30 @@ pub(super) fn check_progress(path: &Path, state: &StateFile) -> Result<()> {
                 state.forward_opt.config.lr, p.epoch
             ),
         ));
+    }
+    if state.feedback_opt.config.lr != state.config.b_lr {
+        return Err(bad(
+            path,
+            format!(
+                "the feedback learning rate {} is not b_lr {}",
+                state.feedback_opt.config.lr, state.config.b_lr
+            ),
+        ));
+    }
+    for (name, opt) in [
+        ("forward", &state.forward_opt),
+        ("feedback", &state.feedback_opt),
+    ] {
+        // Adam raises its betas to the step count as an `i32`.
+        if opt.steps > i32::MAX as u64 || (opt.moments && opt.steps == 0) {
+            return Err(bad(
+                path,
+                format!(
+                    "the {name} optimizer's {} steps do not fit its moments",
+                    opt.steps
+                ),
+            ));
+        }
     }
     Ok(())
 }
