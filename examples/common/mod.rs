@@ -360,7 +360,7 @@ fn run(
             println!("resuming from {} ({})", dir.display(), position(&trainer));
             if trainer.finished() {
                 println!(
-                    "the run has all its {} epochs; ask for more with --epochs",
+                    "nothing to train: the run has done its {} epoch(s); ask for more with --epochs",
                     args.epochs
                 );
             }
