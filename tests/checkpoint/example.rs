@@ -88,7 +88,7 @@ fn a_nan_stops_the_example_which_then_resumes_from_its_last_checkpoint() {
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(
-        stderr.contains("error: non-finite value in fc_hidden.0.weight.grad at epoch 2, batch 2"),
+        stderr.contains("error: non-finite value in fc_dfa.0.feedbacks.grad at epoch 2, batch 2"),
         "{stderr}"
     );
     let dir = after(&stderr, "the last good checkpoint is ", ";");

@@ -51,11 +51,21 @@ fn a_nan_feedback_matrix_stops_training_at_the_gradient_it_reaches() {
     let fb = t.rule.feedback_mut().unwrap();
     fb.matrices[1].value.data_mut()[7] = f32::NAN;
     let err = t.train_epoch(train, &mut go).unwrap_err();
-    // B_1 only reaches block 1's gradients (the forward pass does not use it).
+    // The forward pass does not use B_1, so the loss stays finite; the NaN first shows in
+    // the gradient of B_1 itself (B - d u^T / N), and the feedback group is checked first
+    // because its optimizer steps first.
     assert_eq!(
         nonfinite(err),
-        ("fc_hidden.1.weight.grad".to_string(), 1, 3)
+        ("fc_dfa.1.feedbacks.grad".to_string(), 1, 3)
     );
+    // Block 1's weights, trained with e B_1, are poisoned too.
+    let mut poisoned = false;
+    t.model.visit_params(&mut |name, p| {
+        if name == "fc_hidden.1.weight" {
+            poisoned = !p.grad.is_finite();
+        }
+    });
+    assert!(poisoned);
 }
 
 #[test]
