@@ -67,7 +67,7 @@ pub enum Error {
         tensor: String,
         /// The epoch (1-based) in which it appeared.
         epoch: usize,
-        /// The batch (0-based) within the epoch.
+        /// The batch (from 1) within the epoch, as the progress lines count it.
         batch: usize,
     },
     /// A saved state does not match what is being asked of it.

@@ -2,20 +2,46 @@
 
 #![allow(dead_code)]
 
-use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+mod train_loop;
 
-use clap::Parser;
-use fdfa::data::{DataSource, DatasetName};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser};
+use fdfa::data::{Augmented, CIFAR100_SIZE, DataSource, DatasetName};
 use fdfa::diagnostics::{AlignmentLog, MeasureConfig, alignment_log_path};
 use fdfa::model::Model;
 use fdfa::rules::RuleKind;
+use fdfa::train::checkpoint::{self, RunInfo};
 use fdfa::train::{CsvLog, TrainConfig, Trainer};
-use indicatif::{ProgressBar, ProgressStyle};
+
+use train_loop::position;
+#[allow(unused_imports)] // `train_loop` is for examples that save no checkpoints.
+pub use train_loop::{Outcome, Saving, train_loop, train_loop_with};
+
+/// Settings that may change when a run is resumed; every other saved setting must match.
+pub const FREE_ON_RESUME: [&str; 7] = [
+    "epochs",
+    "test-batch-size",
+    "log-dir",
+    "log-interval",
+    "data-dir",
+    "threads",
+    "checkpoint-every",
+];
+/// Flags that describe one invocation rather than the run: neither saved nor adopted.
+const NOT_SAVED: [&str; 3] = ["resume", "dry-run", "inject-nan-at-batch"];
+/// Flags without a value.
+const SWITCHES: [&str; 2] = ["conv", "dry-run"];
 
 /// Flags of the reference's training scripts, plus `--data-dir`, `--threads`,
-/// `--directions` and the alignment diagnostics.
+/// `--directions`, the checkpoint flags `--resume` and `--checkpoint-every`, and the
+/// alignment diagnostics.
 #[derive(Parser, Debug, Clone)]
 #[command(allow_negative_numbers = true)]
 pub struct Args {
@@ -74,6 +100,22 @@ pub struct Args {
     /// Random directions per sample for FDFA and FGA.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub directions: u64,
+    /// Continue the run saved in this checkpoint folder (flags not given take their saved
+    /// values; the network, rule, dataset and optimisation settings must match).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Also save a checkpoint every N batches (one is always saved after every epoch).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub checkpoint_every: Option<u64>,
+    /// Poisons a tensor with NaN before the N-th batch this process trains (tests the guard).
+    #[arg(long, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub inject_nan_at_batch: Option<u64>,
+    /// Trains on the first N training samples only (quick runs and tests).
+    #[arg(long, hide = true)]
+    pub train_samples: Option<usize>,
+    /// Evaluates on the first N test samples only (quick runs and tests).
+    #[arg(long, hide = true)]
+    pub test_samples: Option<usize>,
     /// Measure, before every EVERY-th batch (100 when no value is given), how the rule's
     /// updates align with backpropagation's on that batch; rows go to `<log>.alignment.csv`.
     #[arg(
@@ -120,6 +162,51 @@ fn parse_rule(s: &str) -> Result<RuleKind, String> {
 }
 
 impl Args {
+    /// Every saved setting, by flag name, as the command line would spell it. The alignment
+    /// flags are not saved: measuring does not change training, and a resumed run measures
+    /// only when asked again.
+    pub fn settings(&self, dataset: DatasetName) -> BTreeMap<String, String> {
+        let mut s = BTreeMap::new();
+        let mut put = |key: &str, value: String| {
+            s.insert(key.to_string(), value);
+        };
+        put("dataset", dataset.to_string());
+        put("batch-size", self.batch_size.to_string());
+        put("test-batch-size", self.test_batch_size.to_string());
+        put("epochs", self.epochs.to_string());
+        put("lr", self.lr.to_string());
+        put("b-lr", self.b_lr.to_string());
+        put("gamma", self.gamma.to_string());
+        put("weight-decay", self.weight_decay.to_string());
+        put("feedback-decay", self.feedback_decay.to_string());
+        put("train-mode", self.train_mode.to_string());
+        put("log-dir", self.log_dir.display().to_string());
+        put("n-layers", self.n_layers.to_string());
+        put("conv", self.conv.to_string());
+        put("seed", self.seed.to_string());
+        put("log-interval", self.log_interval.to_string());
+        put("directions", self.directions.to_string());
+        let optional = [
+            (
+                "data-dir",
+                self.data_dir.as_ref().map(|p| p.display().to_string()),
+            ),
+            ("threads", self.threads.map(|t| t.to_string())),
+            (
+                "checkpoint-every",
+                self.checkpoint_every.map(|n| n.to_string()),
+            ),
+            ("train-samples", self.train_samples.map(|n| n.to_string())),
+            ("test-samples", self.test_samples.map(|n| n.to_string())),
+        ];
+        for (key, value) in optional {
+            if let Some(v) = value {
+                put(key, v);
+            }
+        }
+        s
+    }
+
     /// The trainer settings these flags describe.
     pub fn train_config(&self) -> TrainConfig {
         TrainConfig {
@@ -162,31 +249,115 @@ pub fn timestamp() -> String {
     )
 }
 
-/// Parses the flags, loads the dataset, builds the network with `build`, trains and logs.
-/// Exits with a message (not a panic) on any error.
+/// Parses the command line. With `--resume`, flags not given take the values saved in the
+/// checkpoint, and the result must match the saved run (except [`FREE_ON_RESUME`]).
+pub fn parse_args(dataset: DatasetName) -> Result<(Args, Option<RunInfo>), String> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let matches = Args::command().get_matches_from(&argv);
+    let args = Args::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let Some(dir) = args.resume.clone() else {
+        return Ok((args, None));
+    };
+    let saved = checkpoint::read_run_info(&dir).map_err(|e| e.to_string())?;
+    let command = Args::command();
+    let known = |key: &str| command.get_arguments().any(|a| a.get_long() == Some(key));
+    let mut merged = argv;
+    for (key, value) in &saved.settings {
+        if NOT_SAVED.contains(&key.as_str()) || !known(key) {
+            continue;
+        }
+        if matches.value_source(&key.replace('-', "_")) == Some(ValueSource::CommandLine) {
+            continue;
+        }
+        if !SWITCHES.contains(&key.as_str()) {
+            merged.push(format!("--{key}={value}").into());
+        } else if value == "true" {
+            merged.push(format!("--{key}").into());
+        }
+    }
+    let args = Args::try_parse_from(merged)
+        .map_err(|e| format!("the settings saved in {}: {e}", dir.display()))?;
+    saved
+        .check_settings(&args.settings(dataset), &FREE_ON_RESUME)
+        .map_err(|e| e.to_string())?;
+    Ok((args, Some(saved)))
+}
+
+/// Parses the flags, loads the dataset, builds the network with `build`, trains and logs,
+/// saving checkpoints. Exits with a message (not a panic) on any error, naming the last good
+/// checkpoint; exits cleanly (status 0) after a checkpoint when Ctrl-C is pressed.
 pub fn main_with(
     dataset: DatasetName,
     build: impl Fn(&Args, &mut fdfa::init::Rng) -> fdfa::Result<Model>,
 ) {
-    let args = Args::parse();
-    if let Err(e) = run(dataset, &args, build) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    let handler = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C does not wait for the batch.
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: stopping after this batch (press again to quit at once)");
+    });
+    if let Err(e) = handler {
+        eprintln!("warning: Ctrl-C will not save a checkpoint: {e}");
+    }
+    let (args, resume) = match parse_args(dataset) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut last_good = args.resume.clone();
+    if let Err(e) = run(dataset, &args, resume, build, &stop, &mut last_good) {
         eprintln!("error: {e}");
+        match last_good {
+            Some(dir) => eprintln!(
+                "the last good checkpoint is {0}; continue with --resume {0}",
+                dir.display()
+            ),
+            None => eprintln!("no checkpoint was saved before the error"),
+        }
         std::process::exit(1);
     }
+}
+
+/// Loads `dataset`, keeping the first `--train-samples`/`--test-samples` samples if given.
+fn load_data(
+    dataset: DatasetName,
+    args: &Args,
+) -> fdfa::Result<(Box<dyn DataSource>, Box<dyn DataSource>)> {
+    if args.train_samples.is_none() && args.test_samples.is_none() {
+        return fdfa::data::load(dataset, args.data_dir.as_deref());
+    }
+    let (train, test) = fdfa::data::load_raw(dataset, args.data_dir.as_deref())?;
+    let train = train.subset(0..args.train_samples.unwrap_or(train.len()))?;
+    let test = test.subset(0..args.test_samples.unwrap_or(test.len()))?;
+    Ok(match dataset {
+        DatasetName::Cifar100 => (
+            Box::new(Augmented::train(train, CIFAR100_SIZE)?),
+            Box::new(Augmented::test(test, CIFAR100_SIZE)?),
+        ),
+        _ => (Box::new(train), Box::new(test)),
+    })
 }
 
 fn run(
     dataset: DatasetName,
     args: &Args,
+    resume: Option<RunInfo>,
     build: impl Fn(&Args, &mut fdfa::init::Rng) -> fdfa::Result<Model>,
-) -> fdfa::Result<()> {
+    stop: &AtomicBool,
+    last_good: &mut Option<PathBuf>,
+) -> fdfa::Result<Outcome> {
     if let Some(t) = args.threads {
         // Only fails when a global pool already exists, which cannot happen this early.
         let _ = rayon::ThreadPoolBuilder::new()
             .num_threads(t as usize)
             .build_global();
     }
-    let (train, test) = fdfa::data::load(dataset, args.data_dir.as_deref())?;
+    let (train, test) = load_data(dataset, args)?;
     let mut rng = fdfa::init::rng(args.seed);
     let mut model = build(args, &mut rng)?;
     let rule = args
@@ -201,13 +372,28 @@ fn run(
         fdfa::parallel::threads()
     );
     let mut trainer = Trainer::new(model, rule, args.train_config())?;
-    let log_path = args
+    let stem = args
         .log_dir
         .join(args.train_mode.as_str())
-        .join(format!("{}.csv", timestamp()));
-    let mut log = CsvLog::open(&log_path)?;
+        .join(timestamp());
+    let (log_path, dir) = match (&args.resume, resume) {
+        (Some(dir), Some(saved)) => {
+            checkpoint::load_trainer(dir, &mut trainer)?;
+            println!("resuming from {} ({})", dir.display(), position(&trainer));
+            if trainer.finished() {
+                println!(
+                    "nothing to train: the run has done its {} epoch(s); ask for more with --epochs",
+                    args.epochs
+                );
+            }
+            let log = saved.log.unwrap_or_else(|| stem.with_extension("csv"));
+            (log, dir.clone())
+        }
+        _ => (stem.with_extension("csv"), stem.with_extension("ckpt")),
+    };
+    let mut log = CsvLog::rewrite(&log_path, &trainer.progress().records)?;
     println!("logging to {}", log_path.display());
-    let mut alignment = match args.measure_alignment {
+    let alignment = match args.measure_alignment {
         Some(every) => {
             let config = MeasureConfig {
                 repeats: args.alignment_repeats as usize,
@@ -220,87 +406,17 @@ fn run(
         }
         None => None,
     };
-    train_loop(
-        &mut trainer,
-        &*train,
-        &*test,
-        &mut log,
-        alignment.as_mut(),
-        args,
-    )
-}
-
-/// Epochs with a progress bar, a line per epoch, a CSV row per epoch and, when measuring,
-/// the epoch's alignment rows.
-pub fn train_loop(
-    trainer: &mut Trainer,
-    train: &dyn DataSource,
-    test: &dyn DataSource,
-    log: &mut CsvLog,
-    mut alignment: Option<&mut AlignmentLog>,
-    args: &Args,
-) -> fdfa::Result<()> {
-    let bs = args.batch_size as usize;
-    while !trainer.finished() {
-        let epoch = trainer.progress().epoch + 1;
-        let batches = train.len().div_ceil(bs) as u64;
-        let bar = ProgressBar::new(batches).with_prefix(format!("epoch {epoch}"));
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        bar.set_position(trainer.progress().batch as u64);
-        let start = Instant::now();
-        let mut samples = 0usize;
-        let result = trainer.train_epoch(train, &mut |ev| {
-            samples += ev.samples;
-            let rate = samples as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_position(ev.batch as u64);
-            bar.set_message(format!("loss {:.4}, {rate:.0} samples/s", ev.running_loss));
-            if (ev.batch as u64).is_multiple_of(args.log_interval) {
-                let done = ((ev.batch - 1) * bs + ev.samples).min(train.len());
-                let line = format!(
-                    "Train Epoch: {} [{}/{} ({:.0}%)]\tLoss: {:.6}",
-                    ev.epoch,
-                    done,
-                    train.len(),
-                    100.0 * ev.batch as f64 / ev.batches as f64,
-                    ev.loss
-                );
-                if bar.is_hidden() {
-                    println!("{line}");
-                } else {
-                    bar.println(line);
-                }
-            }
-            ControlFlow::Continue(())
-        });
-        bar.finish_and_clear();
-        let rows = trainer.take_alignment();
-        if let Some(alignment) = alignment.as_deref_mut() {
-            alignment.append(&rows)?;
-        }
-        let train_loss = match result? {
-            Some(loss) => loss,
-            None => trainer.progress().loss_sum / trainer.progress().batch.max(1) as f64,
-        };
-        let elapsed = start.elapsed().as_secs_f64();
-        let record = trainer.finish_epoch(train_loss, test)?;
-        println!(
-            "Epoch {}: training loss {:.4}, test loss {:.4}, test accuracy {:.2}% ({:.0} samples/s)",
-            record.epoch,
-            record.train_loss,
-            record.test_loss,
-            record.test_accuracy,
-            samples as f64 / elapsed.max(1e-9)
-        );
-        log.append(&record)?;
-        if args.dry_run {
-            break;
-        }
-    }
-    Ok(())
+    let mut saving = Saving {
+        dir: (!args.dry_run).then_some(dir),
+        run: RunInfo {
+            settings: args.settings(dataset),
+            log: Some(log_path),
+        },
+        stop,
+        last_good,
+        alignment,
+    };
+    train_loop_with(&mut trainer, &*train, &*test, &mut log, args, &mut saving)
 }
 
 /// Where a dataset example's flags say the data is, for error messages.

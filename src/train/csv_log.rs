@@ -43,6 +43,37 @@ impl CsvLog {
         })
     }
 
+    /// Rewrites `path` atomically with the header and `records`, then opens it for appending:
+    /// a resumed run's log then holds exactly the epochs of its checkpoint, whatever a crash
+    /// left after them.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the file cannot be written.
+    ///
+    /// ```
+    /// use fdfa::train::{CsvLog, EpochRecord};
+    /// # fn main() -> fdfa::Result<()> {
+    /// let path = std::env::temp_dir().join(format!("fdfa-doc-csv-{}.csv", std::process::id()));
+    /// let r = EpochRecord { epoch: 1, train_loss: 0.5, test_loss: 0.25, test_accuracy: 90.0 };
+    /// let mut log = CsvLog::rewrite(&path, &[r])?;
+    /// log.append(&EpochRecord { epoch: 2, ..r })?;
+    /// let text = std::fs::read_to_string(&path).unwrap();
+    /// assert_eq!(text.lines().collect::<Vec<_>>()[1..], ["1,0.5,0.25,90", "2,0.5,0.25,90"]);
+    /// # std::fs::remove_file(&path).ok();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn rewrite(path: &Path, records: &[EpochRecord]) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        super::atomic::write_atomic(path, true, |out| {
+            writeln!(out, "{HEADER}")?;
+            records.iter().try_for_each(|r| write_row(out, r))
+        })?;
+        Self::open(path)
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -53,12 +84,16 @@ impl CsvLog {
     /// # Errors
     /// [`Error::Io`] when the write fails.
     pub fn append(&mut self, r: &EpochRecord) -> Result<()> {
-        writeln!(
-            self.file,
-            "{},{},{},{}",
-            r.epoch, r.train_loss, r.test_loss, r.test_accuracy
-        )
-        .and_then(|_| self.file.flush())
-        .map_err(|e| Error::io(&self.path, e))
+        write_row(&mut self.file, r)
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(&self.path, e))
     }
+}
+
+fn write_row(out: &mut dyn Write, r: &EpochRecord) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{},{},{},{}",
+        r.epoch, r.train_loss, r.test_loss, r.test_accuracy
+    )
 }

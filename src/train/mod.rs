@@ -6,6 +6,8 @@
 //! whose state travels with the trainer, so a run resumed from a checkpoint continues
 //! exactly as the uninterrupted run would.
 
+mod atomic;
+pub mod checkpoint;
 mod csv_log;
 
 pub use csv_log::CsvLog;
@@ -363,7 +365,8 @@ impl Trainer {
             let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
             train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
             self.probe(epoch, b, batches)?;
-            let report = self.step(epoch, b)?;
+            // Batches are counted from 1 in errors, as in the progress lines.
+            let report = self.step(epoch, b + 1)?;
             self.progress.batch += 1;
             self.progress.loss_sum += report as f64;
             let event = BatchEvent {

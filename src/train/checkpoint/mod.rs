@@ -1,0 +1,508 @@
+//! Checkpoints: the complete state of a training run, saved so that it resumes exactly.
+//!
+//! A checkpoint is a folder of two files:
+//!
+//! - `model-<generation>.safetensors` holds every tensor under the reference's PyTorch
+//!   `state_dict` names: the forward parameters and BatchNorm buffers (`fc_hidden.0.weight`,
+//!   `bn_hidden.0.running_mean`, `bn_hidden.0.num_batches_tracked` as an `I64` scalar), the
+//!   feedback matrices (`fc_dfa.0.feedbacks`), and the moments of the two optimizers under
+//!   `optim.forward.<name>.exp_avg`, `optim.forward.<name>.exp_avg_sq`,
+//!   `optim.feedback.<name>.exp_avg`, ...;
+//! - `state.json` holds the rest: the rule, the network's layout, the training settings, the
+//!   learning-rate schedule, the optimizers' step counts and hyper-parameters, the position
+//!   (epoch, batch, running loss), the rule's random generator, the epoch records, and a
+//!   [`RunInfo`] (the caller's settings and the path of the run's log).
+//!
+//! Every file is written atomically (temporary file, `fsync`, rename, `fsync` of the folder)
+//! and `state.json` is written last and names its tensor file: a crash at any point of a save
+//! leaves the previous checkpoint whole. Loading checks everything before it changes anything.
+//!
+//! In PyTorch:
+//!
+//! ```python
+//! from safetensors.torch import load_file
+//! state = load_file("model-000003.safetensors")
+//! model.load_state_dict({k: v for k, v in state.items() if not k.startswith("optim.")})
+//! ```
+//!
+//! A run saved and resumed:
+//!
+//! ```
+//! use std::ops::ControlFlow;
+//! use fdfa::data::Dataset;
+//! use fdfa::rules::RuleKind;
+//! use fdfa::train::checkpoint::{RunInfo, load_trainer, save_trainer};
+//! use fdfa::train::{TrainConfig, Trainer};
+//!
+//! # fn main() -> fdfa::Result<()> {
+//! let pixels: Vec<u8> = (0..64 * 16).map(|i| ((i * 37) % 256) as u8).collect();
+//! let labels: Vec<u32> = (0..64).map(|i| (i % 2) as u32).collect();
+//! let data = Dataset::new(pixels, labels, [1, 4, 4], 2)?;
+//! let trainer = |epochs| -> fdfa::Result<Trainer> {
+//!     let mut rng = fdfa::init::rng(0);
+//!     let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
+//!     let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
+//!     Trainer::new(model, rule, TrainConfig { batch_size: 16, epochs, ..TrainConfig::default() })
+//! };
+//! let go = &mut |_: &_| ControlFlow::Continue(());
+//! let dir = std::env::temp_dir().join(format!("fdfa-doc-ckpt-{}", std::process::id()));
+//!
+//! let mut whole = trainer(2)?;
+//! whole.fit(&data, &data, go)?;
+//!
+//! let mut first = trainer(1)?;
+//! first.fit(&data, &data, go)?;
+//! save_trainer(&dir, &mut first, &RunInfo::default())?;
+//! let mut resumed = trainer(2)?;
+//! load_trainer(&dir, &mut resumed)?;
+//! let records = resumed.fit(&data, &data, go)?;
+//! assert_eq!(records, whole.progress().records);
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+mod state;
+mod tensor_file;
+
+use state::{
+    OptimState, Spec, StateFile, check_compatible, check_progress, feedback_group, feedback_specs,
+    forward_group, model_specs, read_state,
+};
+use tensor_file::{Item, TensorFile, Tensors, bad};
+
+use super::atomic::{TMP_SUFFIX, sync_dir, write_atomic};
+use super::{Progress, Trainer};
+use crate::error::{Error, Result};
+use crate::layers::StateMut;
+use crate::model::Model;
+use crate::optim::{Adam, AdamState};
+use crate::tensor::Tensor;
+
+/// The file of a checkpoint folder that holds everything but the tensors.
+pub const STATE_FILE: &str = "state.json";
+/// The prefix of the forward optimizer's moments in the tensor file.
+pub const FORWARD_PREFIX: &str = "optim.forward.";
+/// The prefix of the feedback optimizer's moments in the tensor file.
+pub const FEEDBACK_PREFIX: &str = "optim.feedback.";
+const FORMAT: &str = "fdfa-checkpoint";
+const VERSION: u32 = 1;
+/// The largest `state.json` read (its epoch records grow by about 100 bytes an epoch).
+const MAX_STATE_LEN: u64 = 64 << 20;
+const TENSORS_STEM: &str = "model-";
+const TENSORS_EXT: &str = ".safetensors";
+
+/// What a checkpoint records about the run beyond the trainer: the caller's settings (the
+/// examples store their command line here) and the run's log.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunInfo {
+    /// Settings by name, e.g. `dataset = mnist`, `train-mode = FDFA`.
+    pub settings: BTreeMap<String, String>,
+    /// The CSV log the run appends to.
+    pub log: Option<PathBuf>,
+}
+
+impl RunInfo {
+    /// Checks that `requested` holds the same settings as this saved run, except those named
+    /// in `free` (settings that may change on resume, such as the number of epochs).
+    ///
+    /// ```
+    /// use fdfa::train::checkpoint::RunInfo;
+    /// let mut saved = RunInfo::default();
+    /// saved.settings.insert("train-mode".into(), "FDFA".into());
+    /// saved.settings.insert("epochs".into(), "3".into());
+    /// let mut now = saved.settings.clone();
+    /// now.insert("epochs".into(), "5".into());
+    /// assert!(saved.check_settings(&now, &["epochs"]).is_ok());
+    /// now.insert("train-mode".into(), "DKP".into());
+    /// let err = saved.check_settings(&now, &["epochs"]).unwrap_err();
+    /// assert_eq!(err.to_string(), "incompatible train-mode: saved `FDFA`, requested `DKP`");
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Incompatible`] naming the first setting (in name order) that differs or that
+    /// only one side has.
+    pub fn check_settings(
+        &self,
+        requested: &BTreeMap<String, String>,
+        free: &[&str],
+    ) -> Result<()> {
+        let unset = || "(not set)".to_string();
+        for key in self.settings.keys().chain(requested.keys()) {
+            if free.contains(&key.as_str()) {
+                continue;
+            }
+            let (saved, now) = (self.settings.get(key), requested.get(key));
+            if saved != now {
+                return Err(Error::Incompatible {
+                    setting: key.clone(),
+                    saved: saved.cloned().unwrap_or_else(unset),
+                    requested: now.cloned().unwrap_or_else(unset),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where an interrupted save stops (for tests of crash safety).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interruption {
+    /// The new tensor file is written and synced, not renamed.
+    BeforeTensorsRename,
+    /// The tensor file is in place; the new `state.json` is written and synced, not renamed.
+    BeforeStateRename,
+}
+
+/// Yields a model's state to a tensor-file visitor.
+fn visit_model(model: &mut Model, f: &mut dyn FnMut(&str, Item<'_>)) {
+    model.visit_state(&mut |name, state| match state {
+        StateMut::Param(p) => f(name, Item::F32(&p.value)),
+        StateMut::Buffer(t) => f(name, Item::F32(t)),
+        StateMut::Counter(c) => f(name, Item::Counter(*c)),
+    });
+}
+
+/// Yields an optimizer's moments under `prefix`.
+fn visit_moments(prefix: &str, names: &[Spec], adam: &Adam, f: &mut dyn FnMut(&str, Item<'_>)) {
+    for (spec, s) in names.iter().zip(adam.states()) {
+        f(
+            &format!("{prefix}{}.exp_avg", spec.name),
+            Item::F32(&s.exp_avg),
+        );
+        f(
+            &format!("{prefix}{}.exp_avg_sq", spec.name),
+            Item::F32(&s.exp_avg_sq),
+        );
+    }
+}
+
+/// Saves a model's state (parameters, buffers, counters) to the safetensors file `path`,
+/// atomically, under its PyTorch `state_dict` names.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be written.
+///
+/// ```
+/// use fdfa::train::checkpoint::{load_model, save_model};
+/// # fn main() -> fdfa::Result<()> {
+/// let path = std::env::temp_dir().join(format!("fdfa-doc-model-{}.safetensors", std::process::id()));
+/// let mut a = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut fdfa::init::rng(1))?;
+/// let mut b = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut fdfa::init::rng(2))?;
+/// save_model(&path, &mut a)?;
+/// load_model(&path, &mut b)?;
+/// let x = fdfa::Tensor::zeros(&[1, 1, 4, 4]);
+/// assert_eq!(a.infer(&x)?.data(), b.infer(&x)?.data());
+/// # std::fs::remove_file(&path).ok();
+/// # Ok(())
+/// # }
+/// ```
+pub fn save_model(path: &Path, model: &mut Model) -> Result<()> {
+    tensor_file::write(path, true, &mut |f| visit_model(model, f))
+}
+
+/// Loads a model's state from the safetensors file `path` (as [`save_model`] or PyTorch's
+/// `safetensors.torch.save_file(model.state_dict())` write it). Tensors the model does not
+/// have (feedback matrices, optimizer moments) are ignored. Nothing changes unless every
+/// tensor is valid.
+///
+/// # Errors
+/// [`Error::Io`] when the file cannot be read; [`Error::Checkpoint`] for a file that is not
+/// valid safetensors (truncated, a corrupt header) and for a tensor of the model that is
+/// missing, has another dtype or shape, or holds a non-finite value, naming the tensor.
+pub fn load_model(path: &Path, model: &mut Model) -> Result<()> {
+    let file = TensorFile::read(path)?;
+    let tensors = file.parse()?;
+    let specs = model_specs(model);
+    let staged = stage(&tensors, &specs)?;
+    apply_model(model, staged);
+    Ok(())
+}
+
+/// A tensor read and checked, waiting to be applied.
+enum Staged {
+    F32(Vec<f32>),
+    Counter(u64),
+}
+
+fn stage(tensors: &Tensors<'_>, specs: &[Spec]) -> Result<Vec<Staged>> {
+    specs
+        .iter()
+        .map(|s| match s.dtype.as_str() {
+            "I64" => tensors.counter(&s.name).map(Staged::Counter),
+            _ => tensors.f32(&s.name, &s.shape).map(Staged::F32),
+        })
+        .collect()
+}
+
+/// Copies staged values (in [`model_specs`] order, shapes checked) into the model.
+fn apply_model(model: &mut Model, staged: Vec<Staged>) {
+    let mut staged = staged.into_iter();
+    model.visit_state(&mut |_, state| match (state, staged.next()) {
+        (StateMut::Param(p), Some(Staged::F32(v))) => p.value.data_mut().copy_from_slice(&v),
+        (StateMut::Buffer(t), Some(Staged::F32(v))) => t.data_mut().copy_from_slice(&v),
+        (StateMut::Counter(c), Some(Staged::Counter(v))) => *c = v,
+        _ => debug_assert!(false, "staged values follow the model's order"),
+    });
+}
+
+/// Saves the complete state of `trainer` into the folder `dir` (created if needed), with
+/// `run`; see the [module documentation](self) for the layout. The previous checkpoint in
+/// `dir` stays whole until the new one is complete, and is then removed.
+///
+/// # Errors
+/// [`Error::Io`] when a file cannot be written; [`Error::NonFinite`] when the running loss
+/// or an epoch record is not finite (JSON cannot hold it).
+pub fn save_trainer(dir: &Path, trainer: &mut Trainer, run: &RunInfo) -> Result<()> {
+    save(dir, trainer, run, None)
+}
+
+/// [`save_trainer`] stopped at `at`, as a crash would stop it.
+///
+/// # Errors
+/// As [`save_trainer`].
+#[doc(hidden)]
+pub fn save_trainer_interrupted(
+    dir: &Path,
+    trainer: &mut Trainer,
+    run: &RunInfo,
+    at: Interruption,
+) -> Result<()> {
+    save(dir, trainer, run, Some(at))
+}
+
+fn save(
+    dir: &Path,
+    trainer: &mut Trainer,
+    run: &RunInfo,
+    stop: Option<Interruption>,
+) -> Result<()> {
+    check_finite(&trainer.progress)?;
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let generation = existing_generations(dir)?.into_iter().max().unwrap_or(0) + 1;
+    let tensors = format!("{TENSORS_STEM}{generation:06}{TENSORS_EXT}");
+    let forward = forward_group(trainer);
+    let learned = feedback_group(trainer);
+    if !group_complete(&trainer.forward_opt, &forward)
+        || !group_complete(&trainer.feedback_opt, &learned)
+    {
+        return Err(bad(
+            dir,
+            "an optimizer holds moments for a different set of parameters",
+        ));
+    }
+    let state = StateFile {
+        format: FORMAT.to_string(),
+        version: VERSION,
+        tensors: tensors.clone(),
+        rule: trainer.rule.name().to_string(),
+        input_shape: trainer.model.input_shape().to_vec(),
+        network: model_specs(&mut trainer.model),
+        feedback: feedback_specs(trainer),
+        config: trainer.config.clone(),
+        schedule: trainer.schedule,
+        forward_opt: OptimState::of(&trainer.forward_opt),
+        feedback_opt: OptimState::of(&trainer.feedback_opt),
+        progress: trainer.progress.clone(),
+        run: run.clone(),
+    };
+    let rename = stop != Some(Interruption::BeforeTensorsRename);
+    tensor_file::write(&dir.join(&tensors), rename, &mut |f| {
+        visit_model(&mut trainer.model, f);
+        if let Some(feedback) = trainer.rule.feedback_mut() {
+            feedback.visit(&mut |name, p| f(name, Item::F32(&p.value)));
+        }
+        visit_moments(FORWARD_PREFIX, &forward, &trainer.forward_opt, f);
+        visit_moments(FEEDBACK_PREFIX, &learned, &trainer.feedback_opt, f);
+    })?;
+    if !rename {
+        return Ok(());
+    }
+    let json = serde_json::to_vec_pretty(&state)
+        .map_err(|e| bad(dir, format!("cannot write {STATE_FILE}: {e}")))?;
+    let rename = stop != Some(Interruption::BeforeStateRename);
+    write_atomic(&dir.join(STATE_FILE), rename, |out| out.write_all(&json))?;
+    if rename {
+        remove_stale(dir, &tensors)?;
+    }
+    Ok(())
+}
+
+/// Whether an optimizer has no moments yet, or one pair per parameter of its group.
+fn group_complete(adam: &Adam, group: &[Spec]) -> bool {
+    adam.states().is_empty()
+        || (adam.states().len() == group.len()
+            && adam
+                .states()
+                .iter()
+                .zip(group)
+                .all(|(s, g)| s.exp_avg.shape() == g.shape && s.exp_avg_sq.shape() == g.shape))
+}
+
+/// JSON has no NaN or infinity: refuse to save them rather than write a file that cannot be
+/// read back.
+fn check_finite(progress: &Progress) -> Result<()> {
+    let nonfinite = |tensor: &str, epoch| Error::NonFinite {
+        tensor: tensor.to_string(),
+        epoch,
+        batch: progress.batch,
+    };
+    if !progress.loss_sum.is_finite() {
+        return Err(nonfinite("running training loss", progress.epoch + 1));
+    }
+    for r in &progress.records {
+        for (what, v) in [
+            ("training loss", r.train_loss),
+            ("test loss", r.test_loss),
+            ("test accuracy", r.test_accuracy),
+        ] {
+            if !v.is_finite() {
+                return Err(nonfinite(what, r.epoch));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The generations of the tensor files in `dir`.
+fn existing_generations(dir: &Path) -> Result<Vec<u64>> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            let name = name.strip_suffix(TMP_SUFFIX).unwrap_or(name);
+            name.strip_prefix(TENSORS_STEM)?
+                .strip_suffix(TENSORS_EXT)?
+                .parse()
+                .ok()
+        })
+        .collect())
+}
+
+/// Removes the tensor files other than `keep`, and temporary files of interrupted saves.
+fn remove_stale(dir: &Path, keep: &str) -> Result<()> {
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let ours = name.starts_with(TENSORS_STEM) && name.contains(TENSORS_EXT);
+        let stale = name != keep && (ours || name == format!("{STATE_FILE}{TMP_SUFFIX}"));
+        if stale {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+/// The [`RunInfo`] saved in the checkpoint folder `dir`, e.g. to rebuild the run's settings
+/// before building the trainer.
+///
+/// # Errors
+/// [`Error::Io`] when `state.json` cannot be read; [`Error::Checkpoint`] when it is not a
+/// checkpoint's state.
+pub fn read_run_info(dir: &Path) -> Result<RunInfo> {
+    read_state(dir).map(|s| s.run)
+}
+
+/// The moments of an optimizer group, all or none as `saved` says.
+fn stage_moments(
+    tensors: &Tensors<'_>,
+    prefix: &str,
+    group: &[Spec],
+    saved: &OptimState,
+) -> Result<Vec<AdamState>> {
+    if !saved.moments {
+        return Ok(Vec::new());
+    }
+    group
+        .iter()
+        .map(|s| {
+            Ok(AdamState {
+                exp_avg: tensors.tensor(&format!("{prefix}{}.exp_avg", s.name), &s.shape)?,
+                exp_avg_sq: tensors.tensor(&format!("{prefix}{}.exp_avg_sq", s.name), &s.shape)?,
+            })
+        })
+        .collect()
+}
+
+/// Restores `trainer` from the checkpoint folder `dir` and returns the saved [`RunInfo`].
+///
+/// The trainer must have been built like the saved one: same rule, network and training
+/// settings (the number of epochs may differ). Every tensor and the state are checked before
+/// anything changes, so on error the trainer is as it was.
+///
+/// # Errors
+/// [`Error::Io`] when a file cannot be read; [`Error::Incompatible`] naming the setting
+/// (`rule`, `network`, `feedback`, `lr`, ...) in which the trainer differs from the saved
+/// run; [`Error::Checkpoint`] for malformed files: invalid JSON, a tensor file that is not
+/// valid safetensors, a tensor that is missing, misshapen, of another dtype or not finite.
+pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
+    let state = read_state(dir)?;
+    check_compatible(&state, trainer)?;
+    check_progress(&dir.join(STATE_FILE), &state)?;
+    let file = TensorFile::read(&dir.join(&state.tensors))?;
+    let tensors = file.parse()?;
+    let model = stage(&tensors, &state.network)?;
+    let feedback: Vec<Tensor> = state
+        .feedback
+        .iter()
+        .map(|s| tensors.tensor(&s.name, &s.shape))
+        .collect::<Result<_>>()?;
+    let forward = stage_moments(
+        &tensors,
+        FORWARD_PREFIX,
+        &forward_group(trainer),
+        &state.forward_opt,
+    )?;
+    let learned = stage_moments(
+        &tensors,
+        FEEDBACK_PREFIX,
+        &feedback_group(trainer),
+        &state.feedback_opt,
+    )?;
+
+    apply_model(&mut trainer.model, model);
+    if let Some(fb) = trainer.rule.feedback_mut() {
+        let mut values = feedback.into_iter();
+        fb.visit(&mut |_, p| {
+            if let Some(v) = values.next() {
+                p.value = v;
+            }
+        });
+    }
+    trainer
+        .forward_opt
+        .restore(state.forward_opt.steps, forward);
+    trainer
+        .feedback_opt
+        .restore(state.feedback_opt.steps, learned);
+    trainer.restore_progress(state.progress);
+    Ok(state.run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_missing_on_one_side_are_named() {
+        let saved = RunInfo::default();
+        let mut now = BTreeMap::new();
+        now.insert("dataset".to_string(), "mnist".to_string());
+        let err = saved.check_settings(&now, &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "incompatible dataset: saved `(not set)`, requested `mnist`"
+        );
+    }
+}

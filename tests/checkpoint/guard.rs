@@ -1,0 +1,105 @@
+//! The non-finite guard: a NaN or an infinity in the loss, a gradient or a parameter stops
+//! training with an error naming the tensor, the epoch and the batch.
+
+use fdfa::Error;
+use fdfa::rules::RuleKind;
+use fdfa::train::checkpoint::{RunInfo, save_trainer};
+use fdfa::train::{EpochRecord, Progress};
+
+use super::{Setup, TempDir, go, mnist};
+
+/// `(tensor, epoch, batch)` of an [`Error::NonFinite`], checking its message.
+fn nonfinite(err: Error) -> (String, usize, usize) {
+    let message = err.to_string();
+    match err {
+        Error::NonFinite {
+            tensor,
+            epoch,
+            batch,
+        } => {
+            assert_eq!(
+                message,
+                format!("non-finite value in {tensor} at epoch {epoch}, batch {batch}")
+            );
+            (tensor, epoch, batch)
+        }
+        other => panic!("expected Error::NonFinite, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_nan_weight_stops_training_at_the_loss() {
+    let mut t = Setup::new(RuleKind::Dkp).trainer();
+    t.model.visit_params(&mut |name, p| {
+        if name == "fc_out.weight" {
+            p.value.data_mut()[0] = f32::NAN;
+        }
+    });
+    let err = t.train_epoch(&mnist().0, &mut go).unwrap_err();
+    assert_eq!(nonfinite(err), ("loss".to_string(), 1, 1));
+}
+
+#[test]
+fn a_nan_feedback_matrix_stops_training_at_the_gradient_it_reaches() {
+    let mut t = Setup::new(RuleKind::Fdfa).trainer();
+    let (train, _) = mnist();
+    t.train_epoch(train, &mut |ev| match ev.batch {
+        2 => std::ops::ControlFlow::Break(()),
+        _ => std::ops::ControlFlow::Continue(()),
+    })
+    .unwrap();
+    let fb = t.rule.feedback_mut().unwrap();
+    fb.matrices[1].value.data_mut()[7] = f32::NAN;
+    let err = t.train_epoch(train, &mut go).unwrap_err();
+    // The forward pass does not use B_1, so the loss stays finite; the NaN first shows in
+    // the gradient of B_1 itself (B - d u^T / N), and the feedback group is checked first
+    // because its optimizer steps first.
+    assert_eq!(
+        nonfinite(err),
+        ("fc_dfa.1.feedbacks.grad".to_string(), 1, 3)
+    );
+    // Block 1's weights, trained with e B_1, are poisoned too.
+    let mut poisoned = false;
+    t.model.visit_params(&mut |name, p| {
+        if name == "fc_hidden.1.weight" {
+            poisoned = !p.grad.is_finite();
+        }
+    });
+    assert!(poisoned);
+}
+
+#[test]
+fn an_absurd_learning_rate_stops_training() {
+    let mut t = Setup {
+        lr: 1e30,
+        ..Setup::new(RuleKind::Fdfa)
+    }
+    .trainer();
+    let (tensor, epoch, batch) = nonfinite(t.train_epoch(&mnist().0, &mut go).unwrap_err());
+    assert_eq!(epoch, 1);
+    assert!((1..=16).contains(&batch), "{batch}");
+    assert!(!tensor.is_empty());
+}
+
+#[test]
+fn a_non_finite_record_is_not_saved() {
+    let tmp = TempDir::new("nonfinite-record");
+    let mut t = Setup::new(RuleKind::Bp).trainer();
+    let record = EpochRecord {
+        epoch: 1,
+        train_loss: 2.0,
+        test_loss: f64::INFINITY,
+        test_accuracy: 10.0,
+    };
+    let progress = Progress {
+        epoch: 1,
+        batch: 0,
+        loss_sum: 0.0,
+        rng: fdfa::init::rng(0),
+        records: vec![record],
+    };
+    t.restore_progress(progress);
+    let err = save_trainer(tmp.path(), &mut t, &RunInfo::default()).unwrap_err();
+    assert_eq!(nonfinite(err), ("test loss".to_string(), 1, 0));
+    assert!(!tmp.path().join("state.json").exists());
+}
