@@ -70,29 +70,31 @@ fn build(network: &str, rng: &mut init::Rng) -> fdfa::Result<Model> {
 }
 
 /// Multiply-adds of one training step per sample for a rule: the forward pass, the tangent
-/// pass after the first feedback point (FDFA, FG-A), the backward products each rule needs
-/// (weight gradients everywhere; input gradients inside blocks, or across blocks for BP),
-/// and the feedback products.
+/// pass after the first feedback point (FDFA, FG-A), the backward products each rule performs
+/// (weight gradients of every layer; input gradients down to the block's first trainable
+/// layer, or through every block for BP), and the feedback products.
 fn train_macs(model: &Model, kind: RuleKind) -> f64 {
     let mut shape = vec![1];
     shape.extend_from_slice(model.input_shape());
-    let (mut fwd, mut tangent, mut backward) = (0usize, 0usize, 0usize);
+    let (mut fwd, mut tangent, mut backward, mut feedback) = (0usize, 0usize, 0usize, 0usize);
     let mut seen_point = false;
     let classes = model.classes();
-    let mut feedback = 0usize;
     for (b, block) in model.blocks().iter().enumerate() {
+        let input_grad = kind == RuleKind::Bp && b > 0;
+        let lowest = if input_grad {
+            0
+        } else {
+            model.first_trainable_layer(b).unwrap_or(usize::MAX)
+        };
         for (j, layer) in block.layers().iter().enumerate() {
             let macs = layer.flops_per_sample(&shape);
             fwd += macs;
             if seen_point && matches!(kind, RuleKind::Fdfa | RuleKind::Fga) {
                 tangent += macs;
             }
-            let first_param_layer = b == 0 && j == 0;
-            let input_grad = match kind {
-                RuleKind::Bp => !first_param_layer,
-                _ => j > 0,
-            };
-            backward += macs + if input_grad { macs } else { 0 };
+            if j >= lowest {
+                backward += macs + if j > lowest || input_grad { macs } else { 0 };
+            }
             shape = layer.output_shape(&shape).unwrap_or_default();
         }
         if block.feedback().is_some() {
@@ -117,44 +119,121 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-struct Row {
-    network: String,
-    rule: String,
-    threads: usize,
-    train: f64,
-    gflops: f64,
+/// A network, a rule, a batch and both optimizers, ready to time training steps.
+struct Setup {
+    kind: RuleKind,
+    model: Model,
+    rule: Box<dyn fdfa::rules::LearningRule>,
+    x: Tensor,
+    targets: Vec<usize>,
+    fwd: fdfa::optim::Adam,
+    fb: fdfa::optim::Adam,
+    rng: init::Rng,
 }
 
-fn measure_training(network: &str, kind: RuleKind, args: &Args) -> fdfa::Result<(f64, f64)> {
-    let mut rng = init::rng(1);
-    let mut model = build(network, &mut rng)?;
-    let mut rule = kind.build(&model, 1, &mut rng)?;
-    let mut shape = vec![args.batch];
-    shape.extend_from_slice(model.input_shape());
-    let mut x = Tensor::zeros(&shape);
-    init::fill_normal(x.data_mut(), &mut rng);
-    let targets: Vec<usize> = (0..args.batch).map(|i| i % model.classes()).collect();
-    let mut fwd = AdamConfig::default().with_lr(1e-4).init()?;
-    let mut fb = AdamConfig::default().with_lr(1e-4).init()?;
-    let mut step = |model: &mut Model| -> fdfa::Result<()> {
-        rule.step(model, &x, &targets, &mut rng)?;
-        fb.step(&mut Learned(rule.as_mut()));
-        fwd.step(model as &mut dyn Parameters);
-        Ok(())
-    };
-    for _ in 0..3 {
-        step(&mut model)?;
+impl Setup {
+    fn new(network: &str, kind: RuleKind, batch: usize) -> fdfa::Result<Self> {
+        let mut rng = init::rng(1);
+        let model = build(network, &mut rng)?;
+        let rule = kind.build(&model, 1, &mut rng)?;
+        let mut shape = vec![batch];
+        shape.extend_from_slice(model.input_shape());
+        let mut x = Tensor::zeros(&shape);
+        init::fill_normal(x.data_mut(), &mut rng);
+        let targets = (0..batch).map(|i| i % model.classes()).collect();
+        let fwd = AdamConfig::default().with_lr(1e-4).init()?;
+        let fb = AdamConfig::default().with_lr(1e-4).init()?;
+        Ok(Self {
+            kind,
+            model,
+            rule,
+            x,
+            targets,
+            fwd,
+            fb,
+            rng,
+        })
     }
-    let mut rates = Vec::new();
-    for _ in 0..args.repeats {
+
+    /// Seconds for `steps` training steps.
+    fn time(&mut self, steps: usize) -> fdfa::Result<f64> {
         let start = Instant::now();
-        for _ in 0..args.steps {
-            step(&mut model)?;
+        for _ in 0..steps {
+            self.rule
+                .step(&mut self.model, &self.x, &self.targets, &mut self.rng)?;
+            let _ = self.fb.step(&mut Learned(self.rule.as_mut()));
+            let _ = self.fwd.step(&mut self.model as &mut dyn Parameters);
         }
-        rates.push((args.steps * args.batch) as f64 / start.elapsed().as_secs_f64());
+        Ok(start.elapsed().as_secs_f64())
     }
-    let rate = median(rates);
-    Ok((rate, rate * 2.0 * train_macs(&model, kind) / 1e9))
+
+    fn gflops(&self, rate: f64) -> f64 {
+        rate * 2.0 * train_macs(&self.model, self.kind) / 1e9
+    }
+}
+
+/// Training samples/s and GFLOP/s of every rule on one network. The rules are timed in turn
+/// within each repeat, so that the machine's drift from minute to minute hits them alike and
+/// their ratios stay meaningful.
+fn measure_training(
+    network: &str,
+    kinds: &[RuleKind],
+    args: &Args,
+) -> fdfa::Result<Vec<(f64, f64)>> {
+    let mut setups = kinds
+        .iter()
+        .map(|&k| Setup::new(network, k, args.batch))
+        .collect::<fdfa::Result<Vec<_>>>()?;
+    for s in &mut setups {
+        s.time(3)?;
+    }
+    let mut rates = vec![Vec::new(); setups.len()];
+    for _ in 0..args.repeats {
+        for (s, r) in setups.iter_mut().zip(&mut rates) {
+            r.push((args.steps * args.batch) as f64 / s.time(args.steps)?);
+        }
+    }
+    Ok(setups
+        .iter()
+        .zip(rates)
+        .map(|(s, r)| {
+            let rate = median(r);
+            (rate, s.gflops(rate))
+        })
+        .collect())
+}
+
+/// Training samples/s of one rule with 1 thread and with `threads`, timed alternately.
+fn measure_scaling(
+    network: &str,
+    kind: RuleKind,
+    threads: usize,
+    args: &Args,
+) -> fdfa::Result<(f64, f64)> {
+    let mut s = Setup::new(network, kind, args.batch)?;
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|_| pool_error())?;
+    let many = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|_| pool_error())?;
+    many.install(|| s.time(3))?;
+    let (mut r1, mut rn) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeats {
+        r1.push((args.steps * args.batch) as f64 / one.install(|| s.time(args.steps))?);
+        rn.push((args.steps * args.batch) as f64 / many.install(|| s.time(args.steps))?);
+    }
+    Ok((median(r1), median(rn)))
+}
+
+fn pool_error() -> fdfa::Error {
+    fdfa::Error::InvalidConfig {
+        layer: "throughput".into(),
+        field: "threads",
+        reason: "cannot start a thread pool".into(),
+    }
 }
 
 fn measure_inference(network: &str, args: &Args) -> fdfa::Result<f64> {
@@ -174,12 +253,13 @@ fn measure_inference(network: &str, args: &Args) -> fdfa::Result<f64> {
     Ok(median(rates))
 }
 
-/// The dominant matrix products of a network at batch `n`, as (m, k, n).
+/// The dominant matrix products of a network at batch `n`, as (m, k, n); the best sgemm rate
+/// among them is the limit a network's training is compared with.
 fn dominant_shapes(network: &str, n: usize) -> Vec<(usize, usize, usize)> {
     match network {
         "fc2" | "fc3" => vec![(n, 784, 800), (n, 800, 800)],
         "cnn" => vec![(40, 375, 400), (n, 4000, 128)],
-        _ => vec![(384, 1728, 169), (n, 9216, 4096)],
+        _ => vec![(384, 1728, 169), (192, 1600, 729), (n, 4096, 4096)],
     }
 }
 
@@ -230,31 +310,31 @@ fn run(args: &Args) -> fdfa::Result<()> {
         .map(|r| r.parse())
         .collect::<fdfa::Result<_>>()?;
     println!(
-        "{threads} thread(s), batch {}, median of {} timings of {} steps\n",
+        "{threads} thread(s), batch {}, median of {} timings of {} steps, rules timed in turn\n",
         args.batch, args.repeats, args.steps
     );
     let mut csv = String::from(
         "network,rule,threads,train_samples_per_s,train_gflops,sgemm_gflops,ratio_to_sgemm,infer_samples_per_s\n",
     );
-    let mut rows: Vec<Row> = Vec::new();
     println!(
-        "{:<8} {:<5} {:>14} {:>10} {:>12} {:>8} {:>14}",
+        "{:<8} {:<5} {:>14} {:>10} {:>13} {:>8} {:>14}",
         "network", "rule", "train samp/s", "GFLOP/s", "sgemm GFLOP/s", "ratio", "infer samp/s"
     );
+    let mut ratios = Vec::new();
     for network in &args.networks {
         let (sgemm, infer) = in_pool(threads, || {
             let shapes = dominant_shapes(network, args.batch);
             let sgemm = shapes
                 .iter()
                 .map(|&s| sgemm_gflops(s, 3))
-                .fold(f64::INFINITY, f64::min);
+                .fold(0.0, f64::max);
             (sgemm, measure_inference(network, args))
         });
         let infer = infer?;
-        for &kind in &rules {
-            let (rate, gflops) = in_pool(threads, || measure_training(network, kind, args))?;
+        let measured = in_pool(threads, || measure_training(network, &rules, args))?;
+        for (&kind, &(rate, gflops)) in rules.iter().zip(&measured) {
             println!(
-                "{network:<8} {:<5} {rate:>14.0} {gflops:>10.1} {sgemm:>12.1} {:>8.2} {infer:>14.0}",
+                "{network:<8} {:<5} {rate:>14.0} {gflops:>10.1} {sgemm:>13.1} {:>8.2} {infer:>14.0}",
                 kind.as_str(),
                 gflops / sgemm
             );
@@ -263,37 +343,25 @@ fn run(args: &Args) -> fdfa::Result<()> {
                 "{network},{kind},{threads},{rate:.1},{gflops:.2},{sgemm:.2},{:.3},{infer:.1}",
                 gflops / sgemm
             );
-            rows.push(Row {
-                network: network.clone(),
-                rule: kind.as_str().into(),
-                threads,
-                train: rate,
-                gflops,
-            });
         }
-    }
-
-    println!("\nRatios between rules (same run):");
-    for network in &args.networks {
-        let rate = |r: &str| {
-            rows.iter()
-                .find(|x| &x.network == network && x.rule == r && x.threads == threads)
-                .map(|x| x.train)
-        };
-        if let (Some(bp), Some(fdfa)) = (rate("BP"), rate("FDFA")) {
-            print!(
+        let rate = |k: RuleKind| rules.iter().position(|&r| r == k).map(|i| measured[i].0);
+        if let (Some(bp), Some(fdfa)) = (rate(RuleKind::Bp), rate(RuleKind::Fdfa)) {
+            let mut line = format!(
                 "  {network}: FDFA/BP step time {:.2} (target <= 1.25)",
                 bp / fdfa
             );
-            if let Some(dfa) = rate("DFA") {
-                print!(", DFA/BP step time {:.2} (target <= 0.8)", bp / dfa);
+            if let Some(dfa) = rate(RuleKind::Dfa) {
+                let _ = write!(line, ", DFA/BP step time {:.2} (target <= 0.8)", bp / dfa);
             }
-            println!();
+            ratios.push(line);
         }
+    }
+    if !ratios.is_empty() {
+        println!("\nRatios between rules (same run):\n{}", ratios.join("\n"));
     }
 
     if args.scaling && threads > 1 {
-        println!("\nScaling, 1 thread vs {threads}:");
+        println!("\nScaling, 1 thread vs {threads} (timed alternately):");
         let one = in_pool(1, || sgemm_gflops((args.batch, 800, 800), 3));
         let many = in_pool(threads, || sgemm_gflops((args.batch, 800, 800), 3));
         println!(
@@ -306,27 +374,12 @@ fn run(args: &Args) -> fdfa::Result<()> {
                 .into_iter()
                 .filter(|k| rules.contains(k))
             {
-                let (r1, g1) = in_pool(1, || measure_training(network, kind, args))?;
-                let rn = rows
-                    .iter()
-                    .find(|x| &x.network == network && x.rule == kind.as_str())
-                    .map_or(0.0, |x| x.train);
+                let (r1, rn) = measure_scaling(network, kind, threads, args)?;
                 println!(
                     "  {network} {kind}: {r1:.0} -> {rn:.0} samples/s ({:.2}x)",
                     rn / r1
                 );
-                let _ = writeln!(
-                    csv,
-                    "{network},{kind},1,{r1:.1},{g1:.2},{one:.2},{:.3},",
-                    g1 / one
-                );
-                rows.push(Row {
-                    network: network.clone(),
-                    rule: kind.as_str().into(),
-                    threads: 1,
-                    train: r1,
-                    gflops: g1,
-                });
+                let _ = writeln!(csv, "{network},{kind},1,{r1:.1},,,,");
             }
         }
     }
@@ -341,6 +394,5 @@ fn run(args: &Args) -> fdfa::Result<()> {
         source: e,
     })?;
     println!("\nCSV written to {}", args.csv.display());
-    let _ = rows.iter().map(|r| r.gflops).sum::<f64>();
     Ok(())
 }

@@ -44,6 +44,19 @@ pub fn fill_normal(data: &mut [f32], rng: &mut Rng) {
     }
 }
 
+/// Fills `data` with standard normal values from stream `stream` of `seed`.
+///
+/// For the bulk of random numbers a step needs (FDFA's directions, a few million a step on
+/// a CNN), a xoshiro256++ generator does the work at a fraction of ChaCha8's cost; it is
+/// seeded from `(seed, stream)`, so the values depend on nothing else.
+pub fn fill_normal_fast(data: &mut [f32], seed: u64, stream: u64) {
+    let mixed = seed ^ stream.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(mixed);
+    for v in data {
+        *v = rng.sample(StandardNormal);
+    }
+}
+
 /// PyTorch's default for `Linear` and `Conv2d` weights: Kaiming-uniform with `a = sqrt(5)`,
 /// i.e. uniform in `+-1/sqrt(fan_in)`; biases use the same bound.
 pub fn default_bound(fan_in: usize) -> f32 {

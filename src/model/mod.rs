@@ -98,6 +98,15 @@ pub struct Model {
     eval_a: Tensor,
     eval_b: Tensor,
     logits: Tensor,
+    /// Per block, the first layer with parameters: a block-local backward stops there.
+    first_param: Vec<Option<usize>>,
+}
+
+/// Whether a layer has trainable parameters.
+fn has_params(layer: &mut dyn Layer) -> bool {
+    let mut any = false;
+    layer.visit_state(&mut |_, s| any |= matches!(s, StateMut::Param(_)));
+    any
 }
 
 impl Model {
@@ -108,7 +117,7 @@ impl Model {
     /// [`Error::Shape`] when a layer cannot take its predecessor's output;
     /// [`Error::InvalidConfig`] when there are no blocks, a hidden block lacks a feedback
     /// point, the last block has one, or the output is not `[N, classes]`.
-    pub fn new(input_shape: &[usize], blocks: Vec<Block>) -> Result<Self> {
+    pub fn new(input_shape: &[usize], mut blocks: Vec<Block>) -> Result<Self> {
         let Some(last) = blocks.last() else {
             return Err(Error::config(
                 "model",
@@ -162,7 +171,12 @@ impl Model {
             .iter()
             .map(|b| vec![Dual::default(); b.layers.len()])
             .collect();
+        let first_param = blocks
+            .iter_mut()
+            .map(|b| b.layers.iter_mut().position(|l| has_params(l.as_mut())))
+            .collect();
         Ok(Self {
+            first_param,
             classes: shape[1],
             blocks,
             input_shape: input_shape.to_vec(),
@@ -190,6 +204,15 @@ impl Model {
     /// The blocks.
     pub fn blocks(&self) -> &[Block] {
         &self.blocks
+    }
+
+    /// The index of the first layer with trainable parameters in block `block`: a block-local
+    /// backward runs from the block's output down to that layer and no further.
+    ///
+    /// # Panics
+    /// When `block` is not below the number of blocks.
+    pub fn first_trainable_layer(&self, block: usize) -> Option<usize> {
+        self.first_param[block]
     }
 
     /// The feedback points, in forward order.
@@ -308,14 +331,22 @@ impl Model {
     fn backward_from_a(&mut self, block: usize, input_grad: bool) -> Result<()> {
         let layers = &mut self.blocks[block].layers;
         let acts = &self.acts;
-        for j in (0..layers.len()).rev() {
+        // Below the first layer with parameters, only the block's input gradient would need
+        // the backward, so without it the pass ends there (a flatten or a pool in front of the
+        // first linear layer costs no input-gradient product).
+        let lowest = if input_grad {
+            0
+        } else {
+            self.first_param[block].unwrap_or(layers.len())
+        };
+        for j in (lowest..layers.len()).rev() {
             let input = match j {
                 0 if block == 0 => self.input.primal(),
                 0 => acts[block - 1][acts[block - 1].len() - 1].primal(),
                 _ => acts[block][j - 1].primal(),
             };
             let output = acts[block][j].primal();
-            let want = j > 0 || input_grad;
+            let want = j > lowest || input_grad;
             layers[j].backward(
                 input,
                 output,

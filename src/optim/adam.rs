@@ -86,6 +86,35 @@ impl AdamConfig {
     }
 }
 
+/// The scalars of one step.
+struct Constants {
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    wd: f32,
+    step_size: f32,
+    bias2_sqrt: f32,
+}
+
+/// PyTorch's Adam update of one run of values; returns whether every updated value is
+/// finite. A non-finite gradient always makes its value non-finite (inf / inf is NaN), so
+/// checking the values covers both.
+fn update(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &Constants) -> bool {
+    let n = w.len();
+    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+    // Exponent bits all set: infinity or NaN. Integer OR keeps the loop vectorized.
+    let mut non_finite = 0u32;
+    for i in 0..n {
+        let grad = g[i] + c.wd * w[i];
+        m[i] += (1.0 - c.b1) * (grad - m[i]);
+        v[i] = c.b2 * v[i] + (1.0 - c.b2) * grad * grad;
+        let denom = v[i].sqrt() / c.bias2_sqrt + c.eps;
+        w[i] -= c.step_size * m[i] / denom;
+        non_finite |= u32::from(w[i].to_bits() & 0x7f80_0000 == 0x7f80_0000);
+    }
+    non_finite == 0
+}
+
 /// The moments of one parameter.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AdamState {
@@ -188,17 +217,16 @@ impl Adam {
             // Elementwise, so any split gives the same bits. A non-finite gradient always
             // makes the updated value non-finite (inf / inf is NaN), so checking the values
             // (in cache, right after the update) covers both.
+            let c = Constants {
+                b1,
+                b2,
+                eps,
+                wd,
+                step_size,
+                bias2_sqrt,
+            };
             let finite = chunks
-                .map(|(((w, g), m), v)| {
-                    for (((w, &g), m), v) in w.iter_mut().zip(g).zip(m).zip(v) {
-                        let g = g + wd * *w;
-                        *m += (1.0 - b1) * (g - *m);
-                        *v = b2 * *v + (1.0 - b2) * g * g;
-                        let denom = v.sqrt() / bias2_sqrt + eps;
-                        *w -= step_size * *m / denom;
-                    }
-                    w.iter().fold(true, |ok, w| ok & w.is_finite())
-                })
+                .map(|(((w, g), m), v)| update(w, g, m, v, &c))
                 .reduce(|| true, |a, b| a & b);
             if !finite && bad.is_none() {
                 bad = Some(name.to_string());

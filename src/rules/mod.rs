@@ -28,7 +28,7 @@ use std::str::FromStr;
 use crate::error::{Error, Result};
 use ndarray_rand::rand::RngCore;
 
-use crate::init::{Rng, fill_normal};
+use crate::init::Rng;
 use crate::layers::Param;
 use crate::model::Model;
 use crate::parallel::par_chunks_mut;
@@ -206,9 +206,7 @@ pub(crate) fn draw_directions(
         let row = point.features();
         let work = k * n * row * 16;
         par_chunks_mut(u.data_mut(), row, DIRECTION_ROWS, work, |block, values| {
-            let mut stream = crate::init::rng(seed);
-            stream.set_stream(block as u64);
-            fill_normal(values, &mut stream);
+            crate::init::fill_normal_fast(values, seed, block as u64);
         });
     }
 }
@@ -253,8 +251,14 @@ pub(crate) fn perturbed_forward<'m>(
                 u.shape(),
             ));
         }
-        h.ensure_tangent(k);
-        if let Some(t) = h.tangent_mut() {
+        if h.directions() == 0 {
+            // The tangent arriving is the structural zero: the one leaving is `u` itself.
+            let shape = h.primal().shape().to_vec();
+            h.resize(&shape, k);
+            if let Some(t) = h.tangent_mut() {
+                t.data_mut().copy_from_slice(u.data());
+            }
+        } else if let Some(t) = h.tangent_mut() {
             t.data_mut()
                 .iter_mut()
                 .zip(u.data())
