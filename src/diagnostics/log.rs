@@ -1,6 +1,6 @@
 //! The alignment log: one CSV row per hidden block per measurement.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -57,23 +57,9 @@ impl AlignmentLog {
     /// # Errors
     /// [`Error::Io`] when the file cannot be created or written.
     pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let fresh = std::fs::metadata(path)
-            .map(|m| m.len() == 0)
-            .unwrap_or(true);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        if fresh {
-            writeln!(file, "{ALIGNMENT_HEADER}").map_err(|e| Error::io(path, e))?;
-        }
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: crate::train::csv_log::open_appending(path, ALIGNMENT_HEADER)?,
         })
     }
 

@@ -23,23 +23,9 @@ impl CsvLog {
     /// # Errors
     /// [`Error::Io`] when the file cannot be created or written.
     pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        }
-        let fresh = std::fs::metadata(path)
-            .map(|m| m.len() == 0)
-            .unwrap_or(true);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        if fresh {
-            writeln!(file, "{HEADER}").map_err(|e| Error::io(path, e))?;
-        }
         Ok(Self {
             path: path.to_path_buf(),
-            file,
+            file: open_appending(path, HEADER)?,
         })
     }
 
@@ -96,4 +82,24 @@ fn write_row(out: &mut dyn Write, r: &EpochRecord) -> std::io::Result<()> {
         "{},{},{},{}",
         r.epoch, r.train_loss, r.test_loss, r.test_accuracy
     )
+}
+
+/// Opens a CSV file for appending, creating it (and its folder) with `header` when it is new
+/// or empty.
+pub(crate) fn open_appending(path: &Path, header: &str) -> Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let fresh = std::fs::metadata(path)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    if fresh {
+        writeln!(file, "{header}").map_err(|e| Error::io(path, e))?;
+    }
+    Ok(file)
 }

@@ -8,7 +8,7 @@
 
 mod atomic;
 pub mod checkpoint;
-mod csv_log;
+pub(crate) mod csv_log;
 
 pub use csv_log::CsvLog;
 
