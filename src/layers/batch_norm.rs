@@ -129,6 +129,11 @@ fn layout(shape: &[usize]) -> (usize, usize, usize) {
     (shape[0], shape[1], shape[2..].iter().product())
 }
 
+/// Features per parallel task of BatchNorm1d's per-feature sums.
+const FEATURES_PER_TASK: usize = 128;
+/// Rows per parallel task of BatchNorm1d's elementwise maps.
+const ROWS_PER_TASK: usize = 8;
+
 /// `(sum f(a_i, b_i).0, sum f(a_i, b_i).1)` in f64 with four partial sums per component, so
 /// the loop vectorizes; the order is fixed, so the result is too.
 #[inline]
@@ -166,15 +171,28 @@ fn channel_sums2(
     acc.fill(0.0);
     let (first, second) = acc.split_at_mut(c);
     if s == 1 {
-        // BatchNorm1d: run along each row, so the loop vectorizes across features.
-        for (ra, rb) in a.chunks_exact(c).zip(b.chunks_exact(c)) {
-            let sums = first.iter_mut().zip(second.iter_mut());
-            for ((s1, s2), (&x, &y)) in sums.zip(ra.iter().zip(rb)) {
-                let (u, v) = f(x, y);
-                *s1 += u;
-                *s2 += v;
-            }
-        }
+        // BatchNorm1d: one task per block of features, running along each row so that the
+        // loop vectorizes across features; rows are added in order.
+        par_zip_chunks_scratch(
+            first,
+            FEATURES_PER_TASK,
+            second,
+            FEATURES_PER_TASK,
+            n * c * 8,
+            |_, t, s1, s2| {
+                let start = t * FEATURES_PER_TASK;
+                for (ra, rb) in a.chunks_exact(c).zip(b.chunks_exact(c)) {
+                    let (ra, rb) = (&ra[start..start + s1.len()], &rb[start..start + s1.len()]);
+                    for ((s1, s2), (&x, &y)) in
+                        s1.iter_mut().zip(s2.iter_mut()).zip(ra.iter().zip(rb))
+                    {
+                        let (u, v) = f(x, y);
+                        *s1 += u;
+                        *s2 += v;
+                    }
+                }
+            },
+        );
         return;
     }
     // BatchNorm2d: one task per channel, samples added in order.
@@ -192,12 +210,20 @@ fn channel_sums2(
 fn centred_squares(x: &[f32], dims: (usize, usize, usize), mean: &[f64], acc: &mut [f64]) {
     let (n, c, s) = dims;
     if s == 1 {
-        acc[..c].fill(0.0);
-        for row in x.chunks_exact(c) {
-            for ((a, &v), mu) in acc.iter_mut().zip(row).zip(mean) {
-                *a += (v as f64 - mu) * (v as f64 - mu);
+        par_chunks_mut(&mut acc[..c], FEATURES_PER_TASK, 1, n * c * 8, |t, acc| {
+            let start = t * FEATURES_PER_TASK;
+            let mean = &mean[start..start + acc.len()];
+            acc.fill(0.0);
+            for row in x.chunks_exact(c) {
+                for ((a, &v), mu) in acc
+                    .iter_mut()
+                    .zip(&row[start..start + mean.len()])
+                    .zip(mean)
+                {
+                    *a += (v as f64 - mu) * (v as f64 - mu);
+                }
             }
-        }
+        });
         return;
     }
     par_chunks_mut(&mut acc[..c], 1, 1, n * s * c, |ch, a| {
@@ -220,15 +246,15 @@ fn channel_map(
     f: impl Fn(usize, f32, f32) -> f32 + Sync,
 ) {
     if s == 1 {
-        for ((ro, ra), rb) in out
-            .chunks_exact_mut(c)
-            .zip(a.chunks_exact(c))
-            .zip(b.chunks_exact(c))
-        {
-            for (ch, ((o, &x), &y)) in ro.iter_mut().zip(ra).zip(rb).enumerate() {
-                *o = f(ch, x, y);
+        par_chunks_mut(out, c, ROWS_PER_TASK, n * c * 8, |t, rows| {
+            for (r, ro) in rows.chunks_exact_mut(c).enumerate() {
+                let i = t * ROWS_PER_TASK + r;
+                let (ra, rb) = (&a[i * c..(i + 1) * c], &b[i * c..(i + 1) * c]);
+                for (ch, ((o, &x), &y)) in ro.iter_mut().zip(ra).zip(rb).enumerate() {
+                    *o = f(ch, x, y);
+                }
             }
-        }
+        });
         return;
     }
     par_chunks_mut(out, c * s, 1, n * c * s, |i, sample| {
