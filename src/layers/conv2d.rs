@@ -223,13 +223,17 @@ impl Layer for Conv2d {
         }
         if param_tangent {
             // Product rule: d(y) += conv(x, d(W)) + d(b), the same for every tangent block.
+            let zero_w;
             let dw = match &self.weight.tangent {
-                Some(t) => t.clone(),
-                None => Tensor::zeros(self.weight.value.shape()),
+                Some(t) => t,
+                None => {
+                    zero_w = Tensor::zeros(self.weight.value.shape());
+                    &zero_w
+                }
             };
             let db = self.bias.as_ref().and_then(|b| b.tangent.as_ref());
             let mut extra = Tensor::zeros(&[n, c_out, g.out_h, g.out_w]);
-            self.convolve(&g, x, &dw, db, &mut extra);
+            self.convolve(&g, x, dw, db, &mut extra);
             for block in dy.data_mut().chunks_mut(extra.len()) {
                 block
                     .iter_mut()

@@ -1,8 +1,8 @@
 //! Direct Kolen-Pollack (Webster, Choi & Ahn, 2021).
 
-use super::{Feedback, FeedbackInit, LearningRule, StepReport};
+use super::{Feedback, LearningRule, StepReport};
 use crate::error::Result;
-use crate::init::{Rng, rng};
+use crate::init::Rng;
 use crate::kernels::gemm::gemm;
 use crate::layers::Param;
 use crate::loss::cross_entropy;
@@ -22,7 +22,7 @@ impl Dkp {
     /// The rule for `model`, feedback matrices at zero.
     pub fn new(model: &Model) -> Self {
         Self {
-            feedback: Feedback::new(model, FeedbackInit::Zeros, &mut rng(0)),
+            feedback: Feedback::zeros(model),
             logits_grad: Tensor::default(),
             signal: Tensor::default(),
         }

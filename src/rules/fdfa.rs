@@ -1,8 +1,8 @@
 //! Forward direct feedback alignment (Bacho & Chu, 2024).
 
-use super::{Feedback, FeedbackInit, LearningRule, StepReport, draw_directions, perturbed_forward};
+use super::{Feedback, LearningRule, StepReport, draw_directions, perturbed_forward};
 use crate::error::{Error, Result};
-use crate::init::{Rng, rng};
+use crate::init::Rng;
 use crate::kernels::gemm::gemm;
 use crate::layers::Param;
 use crate::loss::cross_entropy;
@@ -33,7 +33,7 @@ impl Fdfa {
     /// The rule for `model`, feedback matrices at zero, one direction per sample.
     pub fn new(model: &Model) -> Self {
         Self {
-            feedback: Feedback::new(model, FeedbackInit::Zeros, &mut rng(0)),
+            feedback: Feedback::zeros(model),
             directions: 1,
             buffers: Vec::new(),
             logits_grad: Tensor::default(),

@@ -28,6 +28,21 @@ pub struct Feedback {
 impl Feedback {
     /// Feedback matrices for every feedback point of `model`.
     pub fn new(model: &Model, init: FeedbackInit, rng: &mut Rng) -> Self {
+        match init {
+            FeedbackInit::Zeros => Self::zeros(model),
+            FeedbackInit::KaimingUniform => Self::build(model, |values, features| {
+                fill_uniform(values, kaiming_bound(features), rng)
+            }),
+        }
+    }
+
+    /// Zero feedback matrices (DKP and FDFA in the reference): no random numbers needed.
+    pub fn zeros(model: &Model) -> Self {
+        Self::build(model, |_, _| {})
+    }
+
+    /// Matrices of zeros, each then filled by `fill(values, D_l)`.
+    fn build(model: &Model, mut fill: impl FnMut(&mut [f32], usize)) -> Self {
         let classes = model.classes();
         let mut names = Vec::new();
         let mut matrices = Vec::new();
@@ -35,9 +50,7 @@ impl Feedback {
             let mut shape = vec![classes];
             shape.extend_from_slice(&point.shape);
             let mut value = Tensor::zeros(&shape);
-            if init == FeedbackInit::KaimingUniform {
-                fill_uniform(value.data_mut(), kaiming_bound(point.features()), rng);
-            }
+            fill(value.data_mut(), point.features());
             names.push(format!("{}.feedbacks", point.name));
             matrices.push(Param::new(value));
         }
