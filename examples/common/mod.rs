@@ -418,8 +418,3 @@ fn run(
     };
     train_loop_with(&mut trainer, &*train, &*test, &mut log, args, &mut saving)
 }
-
-/// Where a dataset example's flags say the data is, for error messages.
-pub fn describe(path: &Path) -> String {
-    path.display().to_string()
-}
