@@ -241,3 +241,58 @@ impl Adam {
         bad
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The run-time-dispatched update (AVX-512 or AVX2 where the CPU has them) gives the same
+    /// bits as the same arithmetic one value at a time, so results do not depend on the CPU.
+    #[test]
+    fn dispatched_update_matches_scalar_bits() {
+        let n = 1000;
+        let mut rng = crate::init::rng(3);
+        let mut data = vec![0.0f32; 4 * n];
+        crate::init::fill_normal(&mut data, &mut rng);
+        let (w0, rest) = data.split_at(n);
+        let (g, rest) = rest.split_at(n);
+        let (m0, v0) = rest.split_at(n);
+        let v0: Vec<f32> = v0.iter().map(|v| v * v).collect();
+        let c = Constants {
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            wd: 0.01,
+            step_size: 1e-3 / (1.0 - 0.9f32.powi(3)),
+            bias2_sqrt: (1.0 - 0.999f32.powi(3)).sqrt(),
+        };
+        let (mut w, mut m, mut v) = (w0.to_vec(), m0.to_vec(), v0.clone());
+        assert!(update(&mut w, g, &mut m, &mut v, &c));
+        for i in 0..n {
+            let grad = std::hint::black_box(g[i] + c.wd * w0[i]);
+            let mi = m0[i] + (1.0 - c.b1) * (grad - m0[i]);
+            let vi = c.b2 * v0[i] + (1.0 - c.b2) * grad * grad;
+            let wi = w0[i] - c.step_size * mi / (vi.sqrt() / c.bias2_sqrt + c.eps);
+            assert_eq!(m[i].to_bits(), mi.to_bits(), "m[{i}]");
+            assert_eq!(v[i].to_bits(), vi.to_bits(), "v[{i}]");
+            assert_eq!(w[i].to_bits(), wi.to_bits(), "w[{i}]");
+        }
+    }
+
+    #[test]
+    fn non_finite_gradient_is_reported() {
+        let c = Constants {
+            b1: 0.9,
+            b2: 0.999,
+            eps: 1e-8,
+            wd: 0.0,
+            step_size: 1e-3,
+            bias2_sqrt: 0.03,
+        };
+        let (mut w, mut m, mut v) = (vec![1.0; 40], vec![0.0; 40], vec![0.0; 40]);
+        let mut g = vec![0.5; 40];
+        assert!(update(&mut w, &g, &mut m, &mut v, &c));
+        g[33] = f32::NAN;
+        assert!(!update(&mut w, &g, &mut m, &mut v, &c));
+    }
+}
