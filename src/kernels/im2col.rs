@@ -78,6 +78,31 @@ fn copy_row(dst: &mut [f32], src: &[f32], k: usize) {
     }
 }
 
+/// `dst[..k] += src[..k]`, with constant lengths for the usual kernel sizes (see
+/// [`copy_row`]).
+#[inline(always)]
+fn add_row(dst: &mut [f32], src: &[f32], k: usize) {
+    #[inline(always)]
+    fn fixed<const K: usize>(dst: &mut [f32], src: &[f32]) {
+        let (dst, src) = (&mut dst[..K], &src[..K]);
+        for i in 0..K {
+            dst[i] += src[i];
+        }
+    }
+    match k {
+        1 => fixed::<1>(dst, src),
+        2 => fixed::<2>(dst, src),
+        3 => fixed::<3>(dst, src),
+        5 => fixed::<5>(dst, src),
+        7 => fixed::<7>(dst, src),
+        11 => fixed::<11>(dst, src),
+        _ => dst[..k]
+            .iter_mut()
+            .zip(&src[..k])
+            .for_each(|(d, s)| *d += s),
+    }
+}
+
 /// Writes the transposed im2col matrix of `input` (`[c, h, w]`) into `cols`
 /// (`[patch_len, out_pixels]`): one row per kernel tap, so that the forward product
 /// `W · cols` reads both operands in the layout the sgemm packs fastest, and unit-stride
@@ -176,9 +201,17 @@ pub(crate) fn col2im_add(g: &Geometry, cols: &[f32], grad_input: &mut [f32]) {
             let row = &cols[(oy * g.out_w + ox) * pl..][..pl];
             let y0 = (oy * g.stride) as isize - g.padding as isize;
             let x0 = (ox * g.stride) as isize - g.padding as isize;
+            let interior = y0 >= 0 && x0 >= 0 && y0 as usize + k <= g.h && x0 as usize + k <= g.w;
             for ch in 0..g.c {
                 let plane = &mut grad_input[ch * g.h * g.w..][..g.h * g.w];
                 let src = &row[ch * k * k..][..k * k];
+                if interior {
+                    let (y0, x0) = (y0 as usize, x0 as usize);
+                    for ky in 0..k {
+                        add_row(&mut plane[(y0 + ky) * g.w + x0..], &src[ky * k..], k);
+                    }
+                    continue;
+                }
                 for ky in 0..k {
                     let y = y0 + ky as isize;
                     if y < 0 || y as usize >= g.h {

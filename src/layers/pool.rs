@@ -74,25 +74,90 @@ impl MaxPool2d {
     ) {
         for ch in 0..c {
             let plane = &x[ch * h * w..][..h * w];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let corner = oy * stride * w + ox * stride;
-                    let (mut best, mut at) = (plane[corner], corner);
-                    for ky in 0..kernel {
-                        let row = corner + ky * w;
-                        for (kx, &v) in plane[row..row + kernel].iter().enumerate() {
-                            if v > best || (v.is_nan() && !best.is_nan()) {
-                                best = v;
-                                at = row + kx;
-                            }
-                        }
-                    }
-                    let o = (ch * oh + oy) * ow + ox;
-                    y[o] = best;
-                    if let Some(arg) = arg.as_deref_mut() {
-                        arg[o] = (ch * h * w + at) as u32;
+            let ys = &mut y[ch * oh * ow..][..oh * ow];
+            let args = arg
+                .as_deref_mut()
+                .map(|a| &mut a[ch * oh * ow..][..oh * ow]);
+            let geometry = (w, stride, oh, ow);
+            let base = (ch * h * w) as u32;
+            // Constant window sizes let the compiler unroll the window and keep the running
+            // maximum in registers.
+            match kernel {
+                2 => pool_plane::<2>(plane, geometry, ys, args, base),
+                3 => pool_plane::<3>(plane, geometry, ys, args, base),
+                _ => pool_plane_any(plane, kernel, geometry, ys, args, base),
+            }
+        }
+    }
+}
+
+/// Whether `v` replaces the running maximum `best`: larger, or NaN over a number. Non
+/// short-circuit operators keep it free of branches, which mispredict on activations.
+#[inline(always)]
+fn beats(v: f32, best: f32) -> bool {
+    (v > best) | (v.is_nan() & !best.is_nan())
+}
+
+/// Max pooling of one plane with a `K x K` window; `arg` gets `base` plus the flat index of
+/// each maximum.
+#[multiversion::multiversion(targets = "simd")]
+fn pool_plane<const K: usize>(
+    plane: &[f32],
+    (w, stride, oh, ow): (usize, usize, usize, usize),
+    y: &mut [f32],
+    mut arg: Option<&mut [u32]>,
+    base: u32,
+) {
+    for oy in 0..oh {
+        let top = oy * stride * w;
+        // The K input rows under this output row, cut to the columns the windows read.
+        let span = (ow - 1) * stride + K;
+        let rows: [&[f32]; K] = std::array::from_fn(|ky| &plane[top + ky * w..][..span]);
+        let ys = &mut y[oy * ow..][..ow];
+        for (ox, o) in ys.iter_mut().enumerate() {
+            let left = ox * stride;
+            let (mut best, mut at) = (rows[0][left], 0);
+            for (ky, row) in rows.iter().enumerate() {
+                for (kx, &v) in row[left..left + K].iter().enumerate() {
+                    let take = beats(v, best);
+                    best = if take { v } else { best };
+                    at = if take { ky * w + kx } else { at };
+                }
+            }
+            *o = best;
+            if let Some(arg) = arg.as_deref_mut() {
+                arg[oy * ow + ox] = base + (top + left + at) as u32;
+            }
+        }
+    }
+}
+
+/// [`pool_plane`] for any window size.
+fn pool_plane_any(
+    plane: &[f32],
+    kernel: usize,
+    (w, stride, oh, ow): (usize, usize, usize, usize),
+    y: &mut [f32],
+    mut arg: Option<&mut [u32]>,
+    base: u32,
+) {
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let corner = oy * stride * w + ox * stride;
+            let (mut best, mut at) = (plane[corner], corner);
+            for ky in 0..kernel {
+                let row = corner + ky * w;
+                for (kx, &v) in plane[row..row + kernel].iter().enumerate() {
+                    if beats(v, best) {
+                        best = v;
+                        at = row + kx;
                     }
                 }
+            }
+            let o = oy * ow + ox;
+            y[o] = best;
+            if let Some(arg) = arg.as_deref_mut() {
+                arg[o] = base + at as u32;
             }
         }
     }
@@ -160,14 +225,16 @@ impl Layer for MaxPool2d {
         check_grad(&self.name, output, grad_output)?;
         if let Some(gx) = grad_input {
             gx.resize(input.shape());
-            gx.fill(0.0);
             let (in_len, out_len) = (input.row_len(), output.row_len());
-            for (i, gxs) in gx.data_mut().chunks_mut(in_len).enumerate() {
-                let arg = &self.argmax[i * out_len..][..out_len];
+            let argmax = &self.argmax;
+            // Samples are independent, and within one the scatter keeps its order.
+            par_chunks_mut(gx.data_mut(), in_len, 1, input.len(), |i, gxs| {
+                gxs.fill(0.0);
+                let arg = &argmax[i * out_len..][..out_len];
                 for (&a, &g) in arg.iter().zip(grad_output.row(i)) {
                     gxs[a as usize] += g;
                 }
-            }
+            });
         }
         Ok(())
     }

@@ -179,3 +179,45 @@ fn reused_buffers_give_fresh_results() {
         }
     }
 }
+
+/// Window maxima equal a direct computation for the specialised window sizes (2, 3) and the
+/// general path (1, 4), with strides that tile, skip and overlap; a NaN wins its window.
+#[test]
+fn maxima_match_a_direct_computation_and_nan_wins() {
+    for (k, s) in [
+        (1, 1),
+        (2, 1),
+        (2, 2),
+        (3, 1),
+        (3, 2),
+        (3, 3),
+        (4, 2),
+        (4, 3),
+    ] {
+        let shape = [2, 3, 9, 11];
+        let mut x = uniform(&shape, 1.0, 40 + k as u64);
+        x.data_mut()[5 * 11 + 4] = f32::NAN;
+        let mut y = Tensor::default();
+        pool(k, s).infer(&x, &mut y).unwrap();
+        let (oh, ow) = ((9 - k) / s + 1, (11 - k) / s + 1);
+        assert_eq!(y.shape(), &[2, 3, oh, ow]);
+        for plane in 0..6 {
+            let xs = &x.data()[plane * 99..][..99];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let window = (0..k).flat_map(|ky| (0..k).map(move |kx| (ky, kx)));
+                    let values: Vec<f32> = window
+                        .map(|(ky, kx)| xs[(oy * s + ky) * 11 + ox * s + kx])
+                        .collect();
+                    let got = y.data()[(plane * oh + oy) * ow + ox];
+                    if values.iter().any(|v| v.is_nan()) {
+                        assert!(got.is_nan(), "k{k} s{s} ({oy}, {ox})");
+                    } else {
+                        let want = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        assert_eq!(got, want, "k{k} s{s} plane {plane} ({oy}, {ox})");
+                    }
+                }
+            }
+        }
+    }
+}
