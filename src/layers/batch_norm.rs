@@ -254,7 +254,7 @@ fn map_plane<F: Fn(usize, f32, f32) -> f32>(
     }
 }
 
-/// `scale = gamma / sqrt(var + eps)` from the current `gamma` and the last batch.
+/// `scale = gamma / sqrt(var + eps)` from the current `gamma` and the last batch's variance.
 fn update_scale(scale: &mut [f64], gamma: &[f32], inv_std: &[f64]) {
     for ((s, &g), &inv) in scale.iter_mut().zip(gamma).zip(inv_std) {
         *s = g as f64 * inv;
@@ -326,19 +326,28 @@ impl BatchNorm {
         }
     }
 
-    /// The tangent of the normalised values for one block of `n` tangent rows:
-    /// `d x̂ = (dx - mean(dx) - x̂ mean(x̂ dx)) / sqrt(var + eps)`, then `dy = gamma d x̂`.
-    fn jvp_block(&mut self, dx: &[f32], dy: &mut [f32], dims: (usize, usize, usize)) {
-        let m = (dims.0 * dims.2) as f64;
+    /// Per-channel sums of `a` and of `a x̂` into `acc` (first `c`, then `c` more).
+    fn sums_with_normalized(&mut self, a: &[f32], dims: (usize, usize, usize)) {
         let xh = self.normalized.data();
-        channel_sums2(dx, xh, dims, &mut self.acc, |d, h| {
-            (d as f64, (d * h) as f64)
+        channel_sums2(a, xh, dims, &mut self.acc, |v, h| {
+            (v as f64, (v * h) as f64)
         });
-        self.acc.iter_mut().for_each(|a| *a /= m);
-        let (mean_d, mean_hd) = self.acc.split_at(dims.1);
+    }
+
+    /// `out = gamma / sqrt(var + eps) * (a - mean(a) - x̂ mean(a x̂))`, from the sums that
+    /// [`Self::sums_with_normalized`] left in `acc` (which it turns into means).
+    ///
+    /// This is the Jacobian of the training-mode normalisation times `gamma`. It is its own
+    /// adjoint, so it gives both the JVP (`a` a tangent) and the input gradient (`a` the
+    /// output gradient): the coupling of every sample through the batch statistics.
+    fn normalization_jacobian(&mut self, a: &[f32], out: &mut [f32], dims: (usize, usize, usize)) {
+        let m = (dims.0 * dims.2) as f64;
+        update_scale(&mut self.scale, self.weight.value.data(), &self.inv_std);
+        self.acc.iter_mut().for_each(|s| *s /= m);
+        let (mean_a, mean_ah) = self.acc.split_at(dims.1);
         let scale = &self.scale;
-        channel_map(dy, dx, xh, dims, |ch, d, h| {
-            let centred = d as f64 - mean_d[ch] - h as f64 * mean_hd[ch];
+        channel_map(out, a, self.normalized.data(), dims, |ch, v, h| {
+            let centred = v as f64 - mean_a[ch] - h as f64 * mean_ah[ch];
             (scale[ch] * centred) as f32
         });
     }
@@ -390,7 +399,6 @@ impl Layer for BatchNorm {
             *rv = (1.0 - momentum) * *rv + momentum * unbiased;
         }
         self.num_batches_tracked += 1;
-        update_scale(&mut self.scale, self.weight.value.data(), &self.inv_std);
 
         self.normalized.resize(x.shape());
         let inv_std = &self.inv_std;
@@ -422,7 +430,8 @@ impl Layer for BatchNorm {
         match input.tangent() {
             Some(dx) => {
                 for (dxb, dyb) in dx.data().chunks(block).zip(dy.data_mut().chunks_mut(block)) {
-                    self.jvp_block(dxb, dyb, dims);
+                    self.sums_with_normalized(dxb, dims);
+                    self.normalization_jacobian(dxb, dyb, dims);
                 }
             }
             None => dy.fill(0.0),
@@ -452,13 +461,13 @@ impl Layer for BatchNorm {
         let eps = self.config.eps;
         let (rm, rv) = (self.running_mean.data(), self.running_var.data());
         let (gamma, beta) = (self.weight.value.data(), self.bias.value.data());
-        let std: Vec<f32> = rv.iter().map(|v| (v + eps).sqrt()).collect();
+        let std_dev: Vec<f32> = rv.iter().map(|v| (v + eps).sqrt()).collect();
         channel_map(
             output.data_mut(),
             input.data(),
             input.data(),
             dims,
-            |ch, v, _| gamma[ch] * (v - rm[ch]) / std[ch] + beta[ch],
+            |ch, v, _| gamma[ch] * (v - rm[ch]) / std_dev[ch] + beta[ch],
         );
         Ok(())
     }
@@ -473,12 +482,8 @@ impl Layer for BatchNorm {
         check_grad(&self.config.name, output, grad_output)?;
         self.check(input.shape())?;
         let dims = layout(input.shape());
-        let (n, c, s) = dims;
-        let m = (n * s) as f64;
-        let xh = self.normalized.data();
-        channel_sums2(grad_output.data(), xh, dims, &mut self.acc, |g, h| {
-            (g as f64, (g * h) as f64)
-        });
+        let c = dims.1;
+        self.sums_with_normalized(grad_output.data(), dims);
         self.weight.grad.resize(&[c]);
         self.bias.grad.resize(&[c]);
         for ch in 0..c {
@@ -487,16 +492,7 @@ impl Layer for BatchNorm {
         }
         if let Some(gx) = grad_input {
             gx.resize(input.shape());
-            // dx = gamma / sqrt(var + eps) * (g - mean(g) - x̂ mean(g x̂)): the coupling of
-            // every sample through the batch statistics.
-            update_scale(&mut self.scale, self.weight.value.data(), &self.inv_std);
-            self.acc.iter_mut().for_each(|a| *a /= m);
-            let (mean_g, mean_gh) = self.acc.split_at(c);
-            let scale = &self.scale;
-            channel_map(gx.data_mut(), grad_output.data(), xh, dims, |ch, g, h| {
-                let centred = g as f64 - mean_g[ch] - h as f64 * mean_gh[ch];
-                (scale[ch] * centred) as f32
-            });
+            self.normalization_jacobian(grad_output.data(), gx.data_mut(), dims);
         }
         Ok(())
     }
