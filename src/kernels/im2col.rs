@@ -59,48 +59,41 @@ impl Geometry {
     }
 }
 
-/// Copies `k` values; constant lengths for the usual kernel sizes, because a
-/// `copy_from_slice` of a run-time length this short costs a `memcpy` call per row.
+/// `op(&mut dst[i], src[i])` for `i < k`, with constant lengths for the usual kernel sizes:
+/// a run-time length this short costs a `memcpy` call or a loop set-up per row.
 #[inline(always)]
-fn copy_row(dst: &mut [f32], src: &[f32], k: usize) {
+fn zip_row(dst: &mut [f32], src: &[f32], k: usize, op: impl Fn(&mut f32, f32)) {
     #[inline(always)]
-    fn fixed<const K: usize>(dst: &mut [f32], src: &[f32]) {
-        dst[..K].copy_from_slice(&src[..K]);
-    }
-    match k {
-        1 => fixed::<1>(dst, src),
-        2 => fixed::<2>(dst, src),
-        3 => fixed::<3>(dst, src),
-        5 => fixed::<5>(dst, src),
-        7 => fixed::<7>(dst, src),
-        11 => fixed::<11>(dst, src),
-        _ => dst[..k].copy_from_slice(&src[..k]),
-    }
-}
-
-/// `dst[..k] += src[..k]`, with constant lengths for the usual kernel sizes (see
-/// [`copy_row`]).
-#[inline(always)]
-fn add_row(dst: &mut [f32], src: &[f32], k: usize) {
-    #[inline(always)]
-    fn fixed<const K: usize>(dst: &mut [f32], src: &[f32]) {
-        let (dst, src) = (&mut dst[..K], &src[..K]);
-        for i in 0..K {
-            dst[i] += src[i];
+    fn fixed<const K: usize>(dst: &mut [f32], src: &[f32], op: impl Fn(&mut f32, f32)) {
+        for (d, &s) in dst[..K].iter_mut().zip(&src[..K]) {
+            op(d, s);
         }
     }
     match k {
-        1 => fixed::<1>(dst, src),
-        2 => fixed::<2>(dst, src),
-        3 => fixed::<3>(dst, src),
-        5 => fixed::<5>(dst, src),
-        7 => fixed::<7>(dst, src),
-        11 => fixed::<11>(dst, src),
-        _ => dst[..k]
-            .iter_mut()
-            .zip(&src[..k])
-            .for_each(|(d, s)| *d += s),
+        1 => fixed::<1>(dst, src, op),
+        2 => fixed::<2>(dst, src, op),
+        3 => fixed::<3>(dst, src, op),
+        5 => fixed::<5>(dst, src, op),
+        7 => fixed::<7>(dst, src, op),
+        11 => fixed::<11>(dst, src, op),
+        _ => {
+            for (d, &s) in dst[..k].iter_mut().zip(&src[..k]) {
+                op(d, s);
+            }
+        }
     }
+}
+
+/// `dst[..k] = src[..k]`.
+#[inline(always)]
+fn copy_row(dst: &mut [f32], src: &[f32], k: usize) {
+    zip_row(dst, src, k, |d, s| *d = s);
+}
+
+/// `dst[..k] += src[..k]`.
+#[inline(always)]
+fn add_row(dst: &mut [f32], src: &[f32], k: usize) {
+    zip_row(dst, src, k, |d, s| *d += s);
 }
 
 /// Writes the transposed im2col matrix of `input` (`[c, h, w]`) into `cols`
