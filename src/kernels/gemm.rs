@@ -2,9 +2,9 @@
 //!
 //! `C <- alpha * A B + beta * C` through `ndarray::linalg::general_mat_mul`, which hands `f32`
 //! to `matrixmultiply::sgemm` with arbitrary strides, so a transpose is only a view. Large
-//! products are split into fixed blocks of `C` (rows or columns) computed in parallel; each
-//! element is still computed by one sgemm over the whole inner dimension, so the result does
-//! not depend on the number of threads.
+//! products are split into blocks of `C` (rows or columns) computed in parallel; each element
+//! is still computed by one sgemm over the whole inner dimension, so the result does not
+//! depend on the number of threads.
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
@@ -12,17 +12,25 @@ use rayon::prelude::*;
 
 use crate::parallel::PAR_MIN_WORK;
 
-/// Parallel blocks a large product is split into, along the larger side of `C`.
+/// Parallel blocks per worker thread: two, so that work stealing evens out a core that
+/// delivers less than the others.
 ///
-/// A fixed count, not the number of threads, keeps the split (and so the bits) the same on
-/// every machine; four blocks keep both cores of a small machine busy while each sgemm call
-/// still repacks the shared operand only four times.
-const BLOCKS: usize = 4;
+/// The split depends on the thread count but the bits do not: matrixmultiply rounds an edge
+/// tile of `C` differently from an interior one (`round(beta C) + round(alpha AB)` against
+/// one fused step), but every block boundary is a multiple of 16, and so of every sgemm
+/// kernel's tile (8x4, 8x8 or 16x16). Each block's tile grid is then the whole product's, and
+/// every element goes through the same kernel path whatever the split.
+const BLOCKS_PER_THREAD: usize = 2;
 
-/// The width of a block along an axis of length `len`: a multiple of 16 (the micro-kernels'
-/// tile), at least 16.
-fn block_len(len: usize) -> usize {
-    len.div_ceil(BLOCKS).div_ceil(16).max(1) * 16
+/// Parallel blocks for a product on the current thread pool.
+fn blocks() -> usize {
+    rayon::current_num_threads() * BLOCKS_PER_THREAD
+}
+
+/// The width of a block along an axis of length `len` cut into `blocks`: a multiple of 16,
+/// at least 16.
+fn block_len(len: usize, blocks: usize) -> usize {
+    len.div_ceil(blocks.max(1)).div_ceil(16).max(1) * 16
 }
 
 /// `C <- alpha * A B + beta * C`.
@@ -40,13 +48,13 @@ pub(crate) fn gemm(
     if m * n * k < PAR_MIN_WORK * 4 || (m <= 32 && n <= 32) {
         general_mat_mul(alpha, &a, &b, beta, &mut c);
     } else if m >= n {
-        let block = block_len(m);
+        let block = block_len(m, blocks());
         c.axis_chunks_iter_mut(Axis(0), block)
             .into_par_iter()
             .zip(a.axis_chunks_iter(Axis(0), block))
             .for_each(|(mut c, a)| general_mat_mul(alpha, &a, &b, beta, &mut c));
     } else {
-        let block = block_len(n);
+        let block = block_len(n, blocks());
         c.axis_chunks_iter_mut(Axis(1), block)
             .into_par_iter()
             .zip(b.axis_chunks_iter(Axis(1), block))
@@ -70,6 +78,41 @@ pub(crate) fn gemm_serial(
 mod tests {
     use super::*;
     use ndarray::Array2;
+
+    /// Every product gives the same bits whatever the number of threads, with values whose
+    /// products round (integers would hide a change of rounding), shapes with edge tiles on
+    /// both sides, an inner dimension over matrixmultiply's 256-deep pass, and the scalars the
+    /// crate uses.
+    #[test]
+    fn bits_do_not_depend_on_the_thread_count() {
+        let mut rng = crate::init::rng(9);
+        for (m, k, n) in [(64, 300, 200), (203, 77, 150), (37, 520, 411)] {
+            let a = crate::init::uniform(&[m, k], 1.0, &mut rng);
+            let b = crate::init::uniform(&[k, n], 1.0, &mut rng);
+            let c0 = crate::init::uniform(&[m, n], 1.0, &mut rng);
+            for (alpha, beta) in [(1.0, 0.0), (1.0, 1.0), (-1.0 / 64.0, 1.0), (0.37, 0.0)] {
+                let product = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new()
+                        .num_threads(threads)
+                        .build()
+                        .unwrap();
+                    let mut c = c0.clone();
+                    pool.install(|| gemm(alpha, a.matrix(), b.matrix(), beta, c.matrix_mut()));
+                    c
+                };
+                let one = product(1);
+                for threads in [2, 3, 5, 16] {
+                    assert!(
+                        one.data()
+                            .iter()
+                            .zip(product(threads).data())
+                            .all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "{m}x{k}x{n}, alpha {alpha}, beta {beta}: 1 vs {threads} threads"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn blocked_product_matches_naive() {
