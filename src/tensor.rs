@@ -143,6 +143,17 @@ impl Tensor {
             .unwrap_or_else(|_| unreachable!("tensor invariant: length matches shape"))
     }
 
+    /// The transpose of a 2-D tensor; any other tensor unchanged.
+    pub(crate) fn transposed(&self) -> Tensor {
+        match self.shape[..] {
+            [rows, cols] => Tensor {
+                shape: vec![cols, rows],
+                data: self.matrix().t().iter().copied().collect(),
+            },
+            _ => self.clone(),
+        }
+    }
+
     /// The tensor as a mutable matrix `[batch, row_len]`.
     pub fn matrix_mut(&mut self) -> ArrayViewMut2<'_, f32> {
         let (n, f) = (self.batch(), self.row_len());

@@ -26,6 +26,11 @@
 //! ## What differs
 //!
 //! - Batches are `f32` and batch-major: `[N, features]` or `[N, C, H, W]`, as in PyTorch.
+//! - [`Linear`](crate::layers::Linear) keeps its weight as `Wᵀ`, `[in, out]` (as burn does),
+//!   so that its forward product reads the weight contiguously. Its public `weight` field and
+//!   [`Model::visit_params`](crate::model::Model::visit_params) show that layout;
+//!   [`Model::visit_state`](crate::model::Model::visit_state), checkpoints and the optimizer
+//!   moments in them show PyTorch's `[out, in]`.
 //! - Layers do not own autograd graphs. A rule calls the model's primitives explicitly:
 //!   forward with a hook at each feedback point, block-local backward, or full backward.
 //! - The optimizers run outside the rule; the feedback group steps first, both from the

@@ -65,7 +65,8 @@ impl LinearConfig {
             }
         }
         let bound = default_bound(self.d_in);
-        let weight = Param::new(uniform(&[self.d_out, self.d_in], bound, rng));
+        // Drawn in PyTorch's [d_out, d_in] order, so a seed gives PyTorch's layer.
+        let weight = Param::new(uniform(&[self.d_out, self.d_in], bound, rng).transposed());
         let bias = self
             .bias
             .then(|| Param::new(uniform(&[self.d_out], bound, rng)));
@@ -80,12 +81,21 @@ impl LinearConfig {
 }
 
 /// `y = x Wᵀ + b` on `[N, d_in]` inputs.
+///
+/// The weight is kept as `Wᵀ`, `[d_in, d_out]` (as burn's `Linear` keeps it), so that the
+/// forward product `x Wᵀ` reads it row by row: matrixmultiply packs the other layout for that
+/// product one value at a time, which cost a quarter of the product at FC-2's sizes. Every
+/// boundary that promises PyTorch's layout sees `[d_out, d_in]`:
+/// [`visit_state`](Layer::visit_state) (checkpoints, `state_dict` names, tests) hands out a
+/// transposed copy and stores back what the visitor leaves in it, while
+/// [`visit_params`](Layer::visit_params) (the optimizers, once per step) hands out the
+/// parameter itself.
 #[derive(Clone, Debug)]
 pub struct Linear {
     name: String,
     d_in: usize,
     d_out: usize,
-    /// `[d_out, d_in]`.
+    /// `Wᵀ`, `[d_in, d_out]`; its gradient and tangent share that layout.
     pub weight: Param,
     /// `[d_out]`, if the layer has a bias.
     pub bias: Option<Param>,
@@ -93,7 +103,12 @@ pub struct Linear {
 
 impl Linear {
     fn check(&self, shape: &[usize]) -> Result<()> {
-        check_shape(&self.name, shape, &[None, Some(self.d_in)])
+        check_shape(&self.name, shape, &[None, Some(self.d_in)])?;
+        check_shape(
+            &format!("{}.weight", self.name),
+            self.weight.value.shape(),
+            &[Some(self.d_in), Some(self.d_out)],
+        )
     }
 
     /// Input features.
@@ -124,7 +139,7 @@ impl Linear {
             }
             None => 0.0,
         };
-        gemm(1.0, x, weight.matrix().t(), beta, ym);
+        gemm(1.0, x, weight.matrix(), beta, ym);
     }
 }
 
@@ -160,7 +175,7 @@ impl Layer for Linear {
             Some(dx) => gemm(
                 1.0,
                 dx.matrix(),
-                self.weight.value.matrix().t(),
+                self.weight.value.matrix(),
                 0.0,
                 dy.matrix_mut(),
             ),
@@ -210,11 +225,11 @@ impl Layer for Linear {
         check_grad(&self.name, output, grad_output)?;
         self.check(input.shape())?;
         let g = grad_output.matrix();
-        self.weight.grad.resize(&[self.d_out, self.d_in]);
+        self.weight.grad.resize(&[self.d_in, self.d_out]);
         gemm(
             1.0,
-            g.t(),
-            input.matrix(),
+            input.matrix().t(),
+            g,
             0.0,
             self.weight.grad.matrix_mut(),
         );
@@ -224,16 +239,39 @@ impl Layer for Linear {
         }
         if let Some(gx) = grad_input {
             gx.resize(input.shape());
-            gemm(1.0, g, self.weight.value.matrix(), 0.0, gx.matrix_mut());
+            gemm(1.0, g, self.weight.value.matrix().t(), 0.0, gx.matrix_mut());
         }
         Ok(())
     }
 
     fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
-        f("weight", StateMut::Param(&mut self.weight));
+        // A visitor that leaves a tensor of another rank gets it back as it left it, and the
+        // next forward reports the shape.
+        let mut torch = Param {
+            value: self.weight.value.transposed(),
+            grad: self.weight.grad.transposed(),
+            tangent: self.weight.tangent.as_ref().map(Tensor::transposed),
+        };
+        f("weight", StateMut::Param(&mut torch));
+        self.weight = Param {
+            value: torch.value.transposed(),
+            grad: torch.grad.transposed(),
+            tangent: torch.tangent.as_ref().map(Tensor::transposed),
+        };
         if let Some(b) = &mut self.bias {
             f("bias", StateMut::Param(b));
         }
+    }
+
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        f("weight", &mut self.weight);
+        if let Some(b) = &mut self.bias {
+            f("bias", b);
+        }
+    }
+
+    fn param_transposed(&self, suffix: &str) -> bool {
+        suffix == "weight"
     }
 
     fn flops_per_sample(&self, _input: &[usize]) -> usize {

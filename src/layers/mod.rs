@@ -107,6 +107,26 @@ pub trait Layer: Send + Sync + Debug {
     /// `running_mean`, `running_var`, `num_batches_tracked`). Stateless layers visit nothing.
     fn visit_state(&mut self, _f: &mut dyn FnMut(&str, StateMut<'_>)) {}
 
+    /// Visits the layer's trainable parameters under the same suffixes, in the layout the
+    /// layer computes with: the optimizers' per-step path. The default visits the parameters
+    /// [`visit_state`](Self::visit_state) visits, which is right for every layer that keeps
+    /// PyTorch's layout; a layer that does not (such as [`Linear`]) overrides both.
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+        self.visit_state(&mut |name, state| {
+            if let StateMut::Param(p) = state {
+                f(name, p);
+            }
+        });
+    }
+
+    /// Whether the parameter `suffix` is stored as the transpose of its 2-D PyTorch layout:
+    /// [`visit_params`](Self::visit_params) then hands it out transposed,
+    /// [`visit_state`](Self::visit_state) as PyTorch has it, and anything kept beside it in
+    /// the storage layout (an optimizer's moments) must be transposed on its way to a file.
+    fn param_transposed(&self, _suffix: &str) -> bool {
+        false
+    }
+
     /// Multiply-adds of one training forward for one sample (primal only), for throughput
     /// reports.
     fn flops_per_sample(&self, _input: &[usize]) -> usize {

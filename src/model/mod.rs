@@ -105,7 +105,7 @@ pub struct Model {
 /// Whether a layer has trainable parameters.
 fn has_params(layer: &mut dyn Layer) -> bool {
     let mut any = false;
-    layer.visit_state(&mut |_, s| any |= matches!(s, StateMut::Param(_)));
+    layer.visit_params(&mut |_, _| any = true);
     any
 }
 
@@ -488,13 +488,30 @@ impl Model {
         }
     }
 
-    /// Visits every trainable parameter, in a fixed order.
+    /// Visits every trainable parameter, in a fixed order, in the layout its layer computes
+    /// with (see [`Layer::visit_params`]); [`visit_state`](Self::visit_state) shows PyTorch's.
     pub fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        self.visit_state(&mut |name, state| {
-            if let StateMut::Param(p) = state {
-                f(name, p);
-            }
-        });
+        let mut name = String::new();
+        for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
+            let prefix = layer.name().to_string();
+            layer.visit_params(&mut |suffix, p| {
+                name.clear();
+                name.push_str(&prefix);
+                name.push('.');
+                name.push_str(suffix);
+                f(&name, p);
+            });
+        }
+    }
+
+    /// Whether the parameter `name` (as [`visit_params`](Self::visit_params) names it) is
+    /// stored as the transpose of its PyTorch layout (see [`Layer::param_transposed`]).
+    pub fn param_transposed(&self, name: &str) -> bool {
+        self.blocks.iter().flat_map(|b| &b.layers).any(|layer| {
+            name.strip_prefix(layer.name())
+                .and_then(|rest| rest.strip_prefix('.'))
+                .is_some_and(|suffix| layer.param_transposed(suffix))
+        })
     }
 
     /// The number of trainable scalars.

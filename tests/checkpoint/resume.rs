@@ -3,6 +3,7 @@
 
 use std::fs;
 
+use fdfa::layers::StateMut;
 use fdfa::rules::RuleKind;
 use fdfa::train::CsvLog;
 use fdfa::train::checkpoint::{Interruption, load_trainer, save_trainer, save_trainer_interrupted};
@@ -183,4 +184,68 @@ fn resuming_with_another_rule_network_or_setting_is_refused() {
     now.insert("dataset".into(), "fashion-mnist".into());
     let (setting, ..) = incompatible(saved.check_settings(&now, &["epochs"]).unwrap_err());
     assert_eq!(setting, "dataset");
+}
+
+/// The file holds every tensor in PyTorch's layout, the optimizer's moments included: a
+/// `Linear` weight, which the layer stores as `Wᵀ`, is written `[out, in]` and so are its
+/// moments, transposed from the optimizer's own copy.
+#[test]
+fn weights_and_their_moments_are_written_in_pytorch_layout() {
+    let tmp = TempDir::new("layout");
+    let mut t = Setup::new(RuleKind::Bp).epochs(1).trainer();
+    let mut log = CsvLog::open(&tmp.path().join("log.csv")).unwrap();
+    epoch(&mut t, &mut log, &mut go);
+    let ckpt = tmp.path().join("ckpt");
+    save_trainer(&ckpt, &mut t, &RunInfo::default()).unwrap();
+    let file = fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .unwrap();
+    let bytes = fs::read(file).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let read = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let view = tensors.tensor(name).unwrap();
+        let values = view
+            .data()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (view.shape().to_vec(), values)
+    };
+    let mut torch = Vec::new();
+    t.model.visit_state(&mut |name, state| {
+        if let StateMut::Param(p) = state {
+            torch.push((name.to_string(), p.value.clone()));
+        }
+    });
+    let mut stored = Vec::new();
+    t.model
+        .visit_params(&mut |name, p| stored.push((name.to_string(), p.value.shape().to_vec())));
+    assert_eq!(stored.len(), t.forward_opt.states().len());
+    let mut flipped = 0;
+    for ((name, shape), moments) in stored.iter().zip(t.forward_opt.states()) {
+        let (_, value) = torch.iter().find(|(n, _)| n == name).unwrap();
+        assert_eq!(
+            read(name),
+            (value.shape().to_vec(), value.data().to_vec()),
+            "{name}"
+        );
+        let (moment_shape, moment) = read(&format!("optim.forward.{name}.exp_avg"));
+        assert_eq!(moment_shape, value.shape(), "{name}");
+        let want: Vec<f32> = if t.model.param_transposed(name) {
+            flipped += 1;
+            assert_eq!(shape, &[value.shape()[1], value.shape()[0]], "{name}");
+            let (rows, cols) = (shape[0], shape[1]);
+            (0..rows * cols)
+                .map(|j| moments.exp_avg.data()[(j % rows) * cols + j / rows])
+                .collect()
+        } else {
+            moments.exp_avg.data().to_vec()
+        };
+        assert_eq!(moment, want, "{name}");
+    }
+    // fc_hidden.0, fc_hidden.1 and fc_out.
+    assert_eq!(flipped, 3);
+    assert_eq!(read("fc_hidden.0.weight").0, vec![32, 784]);
 }

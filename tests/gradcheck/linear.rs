@@ -16,7 +16,7 @@ fn layer(d_in: usize, d_out: usize, bias: bool) -> Linear {
         .unwrap()
 }
 
-/// `x Wᵀ + b` in `f64`.
+/// `x Wᵀ + b` in `f64`, from the layer's own `Wᵀ` (`[d_in, d_out]`).
 fn naive(x: &Tensor, l: &Linear) -> Vec<f64> {
     let (n, d_in, d_out) = (x.batch(), l.d_in(), l.d_out());
     let w = l.weight.value.data();
@@ -26,7 +26,7 @@ fn naive(x: &Tensor, l: &Linear) -> Vec<f64> {
             let b = l.bias.as_ref().map_or(0.0, |b| b.value.data()[o] as f64);
             y[i * d_out + o] = b
                 + (0..d_in)
-                    .map(|p| x.data()[i * d_in + p] as f64 * w[o * d_in + p] as f64)
+                    .map(|p| x.data()[i * d_in + p] as f64 * w[p * d_out + o] as f64)
                     .sum::<f64>();
         }
     }

@@ -7,7 +7,8 @@
 //!   `bn_hidden.0.running_mean`, `bn_hidden.0.num_batches_tracked` as an `I64` scalar), the
 //!   feedback matrices (`fc_dfa.0.feedbacks`), and the moments of the two optimizers under
 //!   `optim.forward.<name>.exp_avg`, `optim.forward.<name>.exp_avg_sq`,
-//!   `optim.feedback.<name>.exp_avg`, ...;
+//!   `optim.feedback.<name>.exp_avg`, ...; all in PyTorch's layout (a `Linear` weight and its
+//!   moments are `[out, in]`, though the layer keeps the weight as `[in, out]`);
 //! - `state.json` holds the rest: the rule, the network's layout, the training settings, the
 //!   learning-rate schedule, the optimizers' step counts and hyper-parameters, the position
 //!   (epoch, batch, running loss), the rule's random generator, the epoch records, and a
@@ -170,18 +171,33 @@ fn visit_model(model: &mut Model, f: &mut dyn FnMut(&str, Item<'_>)) {
     });
 }
 
-/// Yields an optimizer's moments under `prefix`.
-fn visit_moments(prefix: &str, names: &[Spec], adam: &Adam, f: &mut dyn FnMut(&str, Item<'_>)) {
-    for (spec, s) in names.iter().zip(adam.states()) {
-        f(
-            &format!("{prefix}{}.exp_avg", spec.name),
-            Item::F32(&s.exp_avg),
-        );
-        f(
-            &format!("{prefix}{}.exp_avg_sq", spec.name),
-            Item::F32(&s.exp_avg_sq),
-        );
+/// Yields an optimizer's moments under `prefix`, in the PyTorch layout of their parameters:
+/// those of a parameter stored transposed (`flipped`) are transposed on the way.
+fn visit_moments(
+    prefix: &str,
+    names: &[Spec],
+    flipped: &[bool],
+    adam: &Adam,
+    f: &mut dyn FnMut(&str, Item<'_>),
+) {
+    for ((spec, &flip), s) in names.iter().zip(flipped).zip(adam.states()) {
+        for (suffix, moment) in [("exp_avg", &s.exp_avg), ("exp_avg_sq", &s.exp_avg_sq)] {
+            let name = format!("{prefix}{}.{suffix}", spec.name);
+            if flip {
+                f(&name, Item::F32(&moment.transposed()));
+            } else {
+                f(&name, Item::F32(moment));
+            }
+        }
     }
+}
+
+/// Which parameters of the forward group are stored as the transpose of their PyTorch layout.
+fn flipped(model: &Model, group: &[Spec]) -> Vec<bool> {
+    group
+        .iter()
+        .map(|s| model.param_transposed(&s.name))
+        .collect()
 }
 
 /// Saves a model's state (parameters, buffers, counters) to the safetensors file `path`,
@@ -290,6 +306,8 @@ fn save(
     let tensors = format!("{TENSORS_STEM}{generation:06}{TENSORS_EXT}");
     let forward = forward_group(trainer);
     let learned = feedback_group(trainer);
+    let forward_flips = flipped(&trainer.model, &forward);
+    let learned_flips = vec![false; learned.len()];
     if !group_complete(&trainer.forward_opt, &forward)
         || !group_complete(&trainer.feedback_opt, &learned)
     {
@@ -319,8 +337,20 @@ fn save(
         if let Some(feedback) = trainer.rule.feedback_mut() {
             feedback.visit(&mut |name, p| f(name, Item::F32(&p.value)));
         }
-        visit_moments(FORWARD_PREFIX, &forward, &trainer.forward_opt, f);
-        visit_moments(FEEDBACK_PREFIX, &learned, &trainer.feedback_opt, f);
+        visit_moments(
+            FORWARD_PREFIX,
+            &forward,
+            &forward_flips,
+            &trainer.forward_opt,
+            f,
+        );
+        visit_moments(
+            FEEDBACK_PREFIX,
+            &learned,
+            &learned_flips,
+            &trainer.feedback_opt,
+            f,
+        );
     })?;
     if !rename {
         return Ok(());
@@ -414,11 +444,13 @@ pub fn read_run_info(dir: &Path) -> Result<RunInfo> {
     read_state(dir).map(|s| s.run)
 }
 
-/// The moments of an optimizer group, all or none as `saved` says.
+/// The moments of an optimizer group, all or none as `saved` says, in the group's storage
+/// layout (the file holds those of a `flipped` parameter transposed, as PyTorch has it).
 fn stage_moments(
     tensors: &Tensors<'_>,
     prefix: &str,
     group: &[Spec],
+    flipped: &[bool],
     saved: &OptimState,
 ) -> Result<Vec<AdamState>> {
     if !saved.moments {
@@ -426,10 +458,20 @@ fn stage_moments(
     }
     group
         .iter()
-        .map(|s| {
+        .zip(flipped)
+        .map(|(s, &flip)| {
+            let read = |suffix: &str| -> Result<Tensor> {
+                let name = format!("{prefix}{}.{suffix}", s.name);
+                if flip {
+                    let torch: Vec<usize> = s.shape.iter().rev().copied().collect();
+                    Ok(tensors.tensor(&name, &torch)?.transposed())
+                } else {
+                    tensors.tensor(&name, &s.shape)
+                }
+            };
             Ok(AdamState {
-                exp_avg: tensors.tensor(&format!("{prefix}{}.exp_avg", s.name), &s.shape)?,
-                exp_avg_sq: tensors.tensor(&format!("{prefix}{}.exp_avg_sq", s.name), &s.shape)?,
+                exp_avg: read("exp_avg")?,
+                exp_avg_sq: read("exp_avg_sq")?,
             })
         })
         .collect()
@@ -458,16 +500,21 @@ pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
         .iter()
         .map(|s| tensors.tensor(&s.name, &s.shape))
         .collect::<Result<_>>()?;
+    let forward_specs = forward_group(trainer);
+    let forward_flips = flipped(&trainer.model, &forward_specs);
     let forward = stage_moments(
         &tensors,
         FORWARD_PREFIX,
-        &forward_group(trainer),
+        &forward_specs,
+        &forward_flips,
         &state.forward_opt,
     )?;
+    let learned_specs = feedback_group(trainer);
     let learned = stage_moments(
         &tensors,
         FEEDBACK_PREFIX,
-        &feedback_group(trainer),
+        &learned_specs,
+        &vec![false; learned_specs.len()],
         &state.feedback_opt,
     )?;
 
