@@ -90,6 +90,23 @@ impl LinearConfig {
 /// transposed copy and stores back what the visitor leaves in it, while
 /// [`visit_params`](Layer::visit_params) (the optimizers, once per step) hands out the
 /// parameter itself.
+///
+/// ```
+/// use fdfa::layers::{Layer, LinearConfig, StateMut};
+/// let mut fc = LinearConfig::new(3, 2).with_name("fc").init(&mut fdfa::init::rng(0))?;
+/// assert_eq!(fc.weight.value.shape(), &[3, 2]);
+/// let mut torch = Vec::new();
+/// fc.visit_state(&mut |name, state| {
+///     if let StateMut::Param(p) = state {
+///         torch.push((name.to_string(), p.value.shape().to_vec(), p.value.data().to_vec()));
+///     }
+/// });
+/// assert_eq!(torch[0].0, "weight");
+/// assert_eq!(torch[0].1, vec![2, 3]);
+/// // W[o][i] in PyTorch's layout is Wᵀ[i][o] here.
+/// assert_eq!(torch[0].2[1 * 3 + 2], fc.weight.value.data()[2 * 2 + 1]);
+/// # Ok::<(), fdfa::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Linear {
     name: String,
