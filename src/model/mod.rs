@@ -478,13 +478,7 @@ impl Model {
         let mut name = String::new();
         for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
             let prefix = layer.name().to_string();
-            layer.visit_state(&mut |suffix, state| {
-                name.clear();
-                name.push_str(&prefix);
-                name.push('.');
-                name.push_str(suffix);
-                f(&name, state);
-            });
+            layer.visit_state(&mut |suffix, state| f(qualified(&mut name, &prefix, suffix), state));
         }
     }
 
@@ -494,13 +488,7 @@ impl Model {
         let mut name = String::new();
         for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
             let prefix = layer.name().to_string();
-            layer.visit_params(&mut |suffix, p| {
-                name.clear();
-                name.push_str(&prefix);
-                name.push('.');
-                name.push_str(suffix);
-                f(&name, p);
-            });
+            layer.visit_params(&mut |suffix, p| f(qualified(&mut name, &prefix, suffix), p));
         }
     }
 
@@ -532,6 +520,15 @@ impl Model {
         }
         total
     }
+}
+
+/// `<prefix>.<suffix>`, written into `buf`.
+fn qualified<'a>(buf: &'a mut String, prefix: &str, suffix: &str) -> &'a str {
+    buf.clear();
+    buf.push_str(prefix);
+    buf.push('.');
+    buf.push_str(suffix);
+    buf
 }
 
 impl crate::optim::Parameters for Model {
