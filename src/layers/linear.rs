@@ -121,11 +121,32 @@ pub struct Linear {
 impl Linear {
     fn check(&self, shape: &[usize]) -> Result<()> {
         check_shape(&self.name, shape, &[None, Some(self.d_in)])?;
-        check_shape(
-            &format!("{}.weight", self.name),
-            self.weight.value.shape(),
-            &[Some(self.d_in), Some(self.d_out)],
-        )
+        // The weight is public and `visit_state` stores back what a visitor leaves.
+        let tangent = self.weight.tangent.as_ref().map(Tensor::shape);
+        for (what, got) in [
+            ("weight", Some(self.weight.value.shape())),
+            ("weight tangent", tangent),
+        ] {
+            if let Some(got) = got.filter(|got| *got != [self.d_in, self.d_out]) {
+                return Err(Error::shape(
+                    &format!("{}.{what} (stored as Wᵀ)", self.name),
+                    format!("[{}, {}]", self.d_in, self.d_out),
+                    got,
+                ));
+            }
+        }
+        let bias = self
+            .bias
+            .iter()
+            .flat_map(|b| [Some(&b.value), b.tangent.as_ref()]);
+        match bias.flatten().find(|b| b.shape() != [self.d_out]) {
+            Some(b) => Err(Error::shape(
+                &format!("{}.bias", self.name),
+                format!("[{}]", self.d_out),
+                b.shape(),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// Input features.

@@ -146,6 +146,48 @@ fn wrong_shapes_are_errors() {
     check_rejects_grad(&l, &randn(&[2, 7], 17));
 }
 
+/// A weight of the wrong shape left by a `visit_state` visitor (in PyTorch's layout, or of
+/// another rank) is an error naming the weight at the next pass, not a panic in the product.
+#[test]
+fn a_weight_of_the_wrong_shape_is_an_error() {
+    for bad in [vec![5, 6], vec![7, 5], vec![5, 7, 1]] {
+        let mut l = layer(7, 5, true);
+        with_param(&mut l, "weight", |p| p.value = Tensor::zeros(&bad));
+        let x = randn(&[2, 7], 21);
+        let mut out = Tensor::default();
+        let err = l.infer(&x, &mut out).unwrap_err();
+        assert!(
+            matches!(&err, fdfa::Error::Shape { layer, .. } if layer.starts_with("fc.weight")),
+            "{bad:?}: {err}"
+        );
+        let mut dual = fdfa::Dual::new(Tensor::default());
+        assert!(
+            l.forward(&fdfa::Dual::new(x), &mut dual).is_err(),
+            "{bad:?}"
+        );
+    }
+    let mut l = layer(7, 5, true);
+    with_param(&mut l, "weight", |p| {
+        p.tangent = Some(Tensor::zeros(&[7, 5]))
+    });
+    let mut dual = fdfa::Dual::new(Tensor::default());
+    let err = l
+        .forward(&fdfa::Dual::new(randn(&[2, 7], 21)), &mut dual)
+        .unwrap_err();
+    assert!(err.to_string().contains("fc.weight tangent"), "{err}");
+    let mut l = layer(7, 5, true);
+    with_param(&mut l, "bias", |p| p.value = Tensor::zeros(&[4]));
+    assert!(
+        l.infer(&randn(&[2, 7], 21), &mut Tensor::default())
+            .is_err()
+    );
+    // The right shape in PyTorch's layout goes through.
+    let mut l = layer(7, 5, true);
+    with_param(&mut l, "weight", |p| p.value = Tensor::zeros(&[5, 7]));
+    let mut out = Tensor::default();
+    l.infer(&randn(&[2, 7], 21), &mut out).unwrap();
+}
+
 #[test]
 fn reused_buffers_give_fresh_results() {
     let mut l = layer(7, 5, true);
