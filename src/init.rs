@@ -199,7 +199,7 @@ mod tests {
     }
 
     #[test]
-    fn sine_and_cosine_are_within_2e_7_on_every_angle() {
+    fn sine_and_cosine_are_within_2_5e_7_on_every_angle() {
         let mut worst = 0.0f64;
         for top in 0..(1u32 << 24) {
             let bits = top << 8;
