@@ -4,6 +4,7 @@
 mod benchmarks;
 
 criterion::criterion_main! {
+    benchmarks::kernels::benches,
     benchmarks::layers::benches,
     benchmarks::train_step::benches,
 }

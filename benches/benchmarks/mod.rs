@@ -1,2 +1,3 @@
+pub mod kernels;
 pub mod layers;
 pub mod train_step;
