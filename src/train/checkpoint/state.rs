@@ -23,6 +23,16 @@ pub(super) struct Spec {
     pub(super) dtype: String,
 }
 
+impl Spec {
+    fn new(name: &str, shape: &[usize], dtype: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            dtype: dtype.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Spec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {} {:?}", self.name, self.dtype, self.shape)
@@ -73,15 +83,10 @@ pub(super) struct StateFile {
 pub(super) fn model_specs(model: &mut Model) -> Vec<Spec> {
     let mut specs = Vec::new();
     model.visit_state(&mut |name, state| {
-        let (shape, dtype) = match state {
-            StateMut::Param(p) => (p.value.shape().to_vec(), "F32"),
-            StateMut::Buffer(t) => (t.shape().to_vec(), "F32"),
-            StateMut::Counter(_) => (Vec::new(), "I64"),
-        };
-        specs.push(Spec {
-            name: name.to_string(),
-            shape,
-            dtype: dtype.to_string(),
+        specs.push(match state {
+            StateMut::Param(p) => Spec::new(name, p.value.shape(), "F32"),
+            StateMut::Buffer(t) => Spec::new(name, t.shape(), "F32"),
+            StateMut::Counter(_) => Spec::new(name, &[], "I64"),
         });
     });
     specs
@@ -91,13 +96,7 @@ pub(super) fn model_specs(model: &mut Model) -> Vec<Spec> {
 pub(super) fn feedback_specs(trainer: &mut Trainer) -> Vec<Spec> {
     let mut specs = Vec::new();
     if let Some(feedback) = trainer.rule.feedback_mut() {
-        feedback.visit(&mut |name, p| {
-            specs.push(Spec {
-                name: name.to_string(),
-                shape: p.value.shape().to_vec(),
-                dtype: "F32".to_string(),
-            });
-        });
+        feedback.visit(&mut |name, p| specs.push(Spec::new(name, p.value.shape(), "F32")));
     }
     specs
 }
@@ -105,13 +104,7 @@ pub(super) fn feedback_specs(trainer: &mut Trainer) -> Vec<Spec> {
 /// The names and shapes of an optimizer group's parameters, in its visiting order.
 fn group(params: &mut dyn Parameters) -> Vec<Spec> {
     let mut specs = Vec::new();
-    params.visit_params(&mut |name, p| {
-        specs.push(Spec {
-            name: name.to_string(),
-            shape: p.value.shape().to_vec(),
-            dtype: "F32".to_string(),
-        });
-    });
+    params.visit_params(&mut |name, p| specs.push(Spec::new(name, p.value.shape(), "F32")));
     specs
 }
 
