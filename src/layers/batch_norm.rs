@@ -186,7 +186,7 @@ fn channel_sums2(
             FEATURES_PER_TASK,
             second,
             FEATURES_PER_TASK,
-            n * c * 8,
+            n * c,
             |_, t, s1, s2| {
                 let start = t * FEATURES_PER_TASK;
                 for (ra, rb) in a.chunks_exact(c).zip(b.chunks_exact(c)) {
@@ -232,25 +232,38 @@ fn add_centred_squares(acc: &mut [f64], x: &[f32], mean: &[f64]) {
     }
 }
 
-/// `out_j = f(j, a_j, b_j)`: one row of BatchNorm1d, `j` the feature.
+/// `out_j = f(a_j, b_j, [coef_0[j], ...])`: one row of BatchNorm1d, `j` the feature.
+///
+/// The per-feature coefficients come in as slices cut to the row's length, so that the loop
+/// has no bounds checks and vectorizes; a closure indexing them by feature did not.
 #[multiversion::multiversion(targets = "simd")]
-fn map_row<F: Fn(usize, f32, f32) -> f32>(out: &mut [f32], a: &[f32], b: &[f32], f: &F) {
-    for (ch, ((o, &x), &y)) in out.iter_mut().zip(a).zip(b).enumerate() {
-        *o = f(ch, x, y);
-    }
-}
-
-/// `out_j = f(ch, a_j, b_j)`: one plane of BatchNorm2d.
-#[multiversion::multiversion(targets = "simd")]
-fn map_plane<F: Fn(usize, f32, f32) -> f32>(
+fn map_row<T: Copy, const K: usize, F: Fn(f32, f32, [T; K]) -> f32>(
     out: &mut [f32],
     a: &[f32],
     b: &[f32],
-    ch: usize,
+    coef: [&[T]; K],
+    f: &F,
+) {
+    let n = out.len();
+    let (a, b) = (&a[..n], &b[..n]);
+    let coef = coef.map(|c| &c[..n]);
+    for j in 0..n {
+        out[j] = f(a[j], b[j], coef.map(|c| c[j]));
+    }
+}
+
+/// `out_j = f(a_j, b_j, coef)`: one plane of BatchNorm2d, whose channel's coefficients are
+/// constants.
+#[multiversion::multiversion(targets = "simd")]
+fn map_plane<T: Copy, const K: usize, F: Fn(f32, f32, [T; K]) -> f32>(
+    out: &mut [f32],
+    a: &[f32],
+    b: &[f32],
+    coef: [T; K],
     f: &F,
 ) {
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        *o = f(ch, x, y);
+        *o = f(x, y, coef);
     }
 }
 
@@ -265,7 +278,7 @@ fn update_scale(scale: &mut [f64], gamma: &[f32], inv_std: &[f64]) {
 fn centred_squares(x: &[f32], dims: (usize, usize, usize), mean: &[f64], acc: &mut [f64]) {
     let (n, c, s) = dims;
     if s == 1 {
-        par_chunks_mut(&mut acc[..c], FEATURES_PER_TASK, 1, n * c * 8, |t, acc| {
+        par_chunks_mut(&mut acc[..c], FEATURES_PER_TASK, 1, n * c, |t, acc| {
             let start = t * FEATURES_PER_TASK;
             let mean = &mean[start..start + acc.len()];
             acc.fill(0.0);
@@ -286,19 +299,21 @@ fn centred_squares(x: &[f32], dims: (usize, usize, usize), mean: &[f64], acc: &m
     });
 }
 
-/// Applies `out = f(ch, x, y)` elementwise over an `[n, c, s]` layout.
-fn channel_map(
+/// Applies `out = f(x, y, [coef_0[ch], ...])` elementwise over an `[n, c, s]` layout, `ch`
+/// the channel of the element.
+fn channel_map<T: Copy + Send + Sync, const K: usize>(
     out: &mut [f32],
     a: &[f32],
     b: &[f32],
     (n, c, s): (usize, usize, usize),
-    f: impl Fn(usize, f32, f32) -> f32 + Sync,
+    coef: [&[T]; K],
+    f: impl Fn(f32, f32, [T; K]) -> f32 + Sync,
 ) {
     if s == 1 {
-        par_chunks_mut(out, c, ROWS_PER_TASK, n * c * 8, |t, rows| {
+        par_chunks_mut(out, c, ROWS_PER_TASK, n * c, |t, rows| {
             for (r, ro) in rows.chunks_exact_mut(c).enumerate() {
                 let i = t * ROWS_PER_TASK + r;
-                map_row(ro, &a[i * c..(i + 1) * c], &b[i * c..(i + 1) * c], &f);
+                map_row(ro, &a[i * c..(i + 1) * c], &b[i * c..(i + 1) * c], coef, &f);
             }
         });
         return;
@@ -306,7 +321,8 @@ fn channel_map(
     par_chunks_mut(out, c * s, 1, n * c * s, |i, sample| {
         for (ch, plane) in sample.chunks_mut(s).enumerate() {
             let off = (i * c + ch) * s;
-            map_plane(plane, &a[off..off + s], &b[off..off + s], ch, &f);
+            let k = coef.map(|v| v[ch]);
+            map_plane(plane, &a[off..off + s], &b[off..off + s], k, &f);
         }
     });
 }
@@ -346,10 +362,17 @@ impl BatchNorm {
         self.acc.iter_mut().for_each(|s| *s /= m);
         let (mean_a, mean_ah) = self.acc.split_at(dims.1);
         let scale = &self.scale;
-        channel_map(out, a, self.normalized.data(), dims, |ch, v, h| {
-            let centred = v as f64 - mean_a[ch] - h as f64 * mean_ah[ch];
-            (scale[ch] * centred) as f32
-        });
+        channel_map(
+            out,
+            a,
+            self.normalized.data(),
+            dims,
+            [mean_a, mean_ah, scale],
+            |v, h, [mean_a, mean_ah, scale]| {
+                let centred = v as f64 - mean_a - h as f64 * mean_ah;
+                (scale * centred) as f32
+            },
+        );
     }
 }
 
@@ -407,7 +430,8 @@ impl Layer for BatchNorm {
             x.data(),
             x.data(),
             dims,
-            |ch, v, _| ((v as f64 - mean[ch]) * inv_std[ch]) as f32,
+            [mean, inv_std],
+            |v, _, [mean, inv_std]| ((v as f64 - mean) * inv_std) as f32,
         );
         let param_tangent = self.weight.tangent.is_some() || self.bias.tangent.is_some();
         let k = if param_tangent {
@@ -423,7 +447,8 @@ impl Layer for BatchNorm {
             self.normalized.data(),
             x.data(),
             dims,
-            |ch, h, _| gamma[ch] * h + beta[ch],
+            [gamma, beta],
+            |h, _, [gamma, beta]| gamma * h + beta,
         );
         let Some(dy) = dy else { return Ok(()) };
         let block = x.len();
@@ -448,7 +473,9 @@ impl Layer for BatchNorm {
             let xh = self.normalized.data();
             for dyb in dy.data_mut().chunks_mut(block) {
                 let prev = dyb.to_vec();
-                channel_map(dyb, &prev, xh, dims, |ch, d, h| d + dg[ch] * h + db[ch]);
+                channel_map(dyb, &prev, xh, dims, [dg, db], |d, h, [dg, db]| {
+                    d + dg * h + db
+                });
             }
         }
         Ok(())
@@ -467,7 +494,8 @@ impl Layer for BatchNorm {
             input.data(),
             input.data(),
             dims,
-            |ch, v, _| gamma[ch] * (v - rm[ch]) / std_dev[ch] + beta[ch],
+            [rm, &std_dev, gamma, beta],
+            |v, _, [rm, std_dev, gamma, beta]| gamma * (v - rm) / std_dev + beta,
         );
         Ok(())
     }
