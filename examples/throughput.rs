@@ -159,10 +159,14 @@ impl Setup {
     fn time(&mut self, steps: usize) -> fdfa::Result<f64> {
         let start = Instant::now();
         for _ in 0..steps {
-            self.rule
-                .step(&mut self.model, &self.x, &self.targets, &mut self.rng)?;
-            let _ = self.fb.step(&mut Learned(self.rule.as_mut()));
-            let _ = self.fwd.step(&mut self.model as &mut dyn Parameters);
+            // One entry into the pool per step, as `Trainer` does.
+            fdfa::parallel::run(|| -> fdfa::Result<()> {
+                self.rule
+                    .step(&mut self.model, &self.x, &self.targets, &mut self.rng)?;
+                let _ = self.fb.step(&mut Learned(self.rule.as_mut()));
+                let _ = self.fwd.step(&mut self.model as &mut dyn Parameters);
+                Ok(())
+            })?;
         }
         Ok(start.elapsed().as_secs_f64())
     }

@@ -638,3 +638,73 @@ fn dfa_feedback_starts_kaiming_uniform_and_dkp_fdfa_at_zero() {
         );
     }
 }
+
+/// Every parameter gradient of a model, as bits.
+fn grad_bits(model: &mut Model) -> Vec<(String, Vec<u32>)> {
+    let mut out = Vec::new();
+    model.visit_params(&mut |name, p| {
+        out.push((
+            name.to_string(),
+            p.grad.data().iter().map(|v| v.to_bits()).collect(),
+        ));
+    });
+    out
+}
+
+/// The delivery trains all blocks at once (`Model::backward_local`); the gradients are those
+/// of training the output block, then each feedback point, one after the other.
+#[test]
+fn blocks_trained_in_parallel_match_blocks_trained_one_by_one() {
+    let (x, targets) = synthetic(32, 8);
+    for conv in [false, true] {
+        // The same model after the same forward, as often as needed.
+        let fresh = || {
+            let mut rng = init::rng(6);
+            let mut model = if conv {
+                fdfa::model::shallow_cnn(&[1, 12, 12], 3, &mut rng).unwrap()
+            } else {
+                fdfa::model::fc(&[1, 12, 12], 2, 256, 3, &mut rng).unwrap()
+            };
+            let logits = model.forward(&x, &mut |_, _| Ok(())).unwrap();
+            let mut e = Tensor::default();
+            cross_entropy(logits.primal(), &targets, &mut e).unwrap();
+            (model, e)
+        };
+        let (mut one_by_one, e) = fresh();
+        let rule = Dfa::new(&one_by_one, &mut init::rng(7));
+        let feedback = rule.feedback().unwrap();
+        one_by_one.backward_output(&e).unwrap();
+        let mut signal = Tensor::default();
+        for l in 0..feedback.len() {
+            feedback.signal(l, &one_by_one, &e, &mut signal);
+            one_by_one.backward_point(l, &signal).unwrap();
+        }
+        let want = grad_bits(&mut one_by_one);
+        assert!(want.iter().all(|(_, g)| g.iter().any(|&b| b != 0)));
+
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (mut together, _) = fresh();
+            pool.install(|| feedback.deliver(&mut together, &e))
+                .unwrap();
+            assert_eq!(
+                grad_bits(&mut together),
+                want,
+                "conv {conv}, {threads} threads"
+            );
+        }
+
+        // A logits gradient of the wrong shape is an error, not a panic.
+        for shape in [[32, 4], [31, 3]] {
+            let (mut model, _) = fresh();
+            assert!(
+                feedback
+                    .deliver(&mut model, &Tensor::zeros(&shape))
+                    .is_err()
+            );
+        }
+    }
+}

@@ -16,6 +16,7 @@ pub use zoo::{alexnet_bn, fc, shallow_cnn};
 use crate::error::{Error, Result};
 use crate::layers::{Layer, Param, StateMut};
 use crate::tensor::{Dual, Tensor};
+use rayon::prelude::*;
 
 /// Samples per chunk of [`Model::infer`]: bounds the memory of inference on large batches.
 const INFER_CHUNK: usize = 256;
@@ -95,6 +96,8 @@ pub struct Model {
     acts: Vec<Vec<Dual>>,
     grad_a: Tensor,
     grad_b: Tensor,
+    /// Per block, the two gradient buffers of [`Model::backward_local`].
+    local: Vec<[Tensor; 2]>,
     eval_a: Tensor,
     eval_b: Tensor,
     logits: Tensor,
@@ -176,6 +179,7 @@ impl Model {
             .map(|b| b.layers.iter_mut().position(|l| has_params(l.as_mut())))
             .collect();
         Ok(Self {
+            local: vec![Default::default(); blocks.len()],
             first_param,
             classes: shape[1],
             blocks,
@@ -259,10 +263,15 @@ impl Model {
                 Some(acts) => &acts[acts.len() - 1],
                 None => &self.input,
             };
-            for (layer, out) in self.blocks[b].layers.iter_mut().zip(block_acts.iter_mut()) {
-                layer.forward(prev, out)?;
-                prev = out;
-            }
+            let layers = &mut self.blocks[b].layers;
+            // The hook runs on the caller's thread, so it need not be `Send`.
+            crate::parallel::run(|| -> Result<()> {
+                for (layer, out) in layers.iter_mut().zip(block_acts.iter_mut()) {
+                    layer.forward(prev, out)?;
+                    prev = out;
+                }
+                Ok(())
+            })?;
             if self.blocks[b].feedback.is_some() {
                 if let Some(h) = block_acts.last_mut() {
                     hook(point, h)?;
@@ -329,35 +338,88 @@ impl Model {
     /// Backward through `block` from the gradient held in `grad_a`; leaves the input gradient
     /// in `grad_a`.
     fn backward_from_a(&mut self, block: usize, input_grad: bool) -> Result<()> {
-        let layers = &mut self.blocks[block].layers;
-        let acts = &self.acts;
-        // Below the first layer with parameters, only the block's input gradient would need
-        // the backward, so without it the pass ends there (a flatten or a pool in front of the
-        // first linear layer costs no input-gradient product).
-        let lowest = if input_grad {
-            0
-        } else {
-            self.first_param[block].unwrap_or(layers.len())
+        let Self {
+            blocks,
+            acts,
+            input,
+            grad_a,
+            grad_b,
+            first_param,
+            ..
+        } = self;
+        let pass = BlockPass {
+            block,
+            input,
+            acts,
+            first_param: first_param[block],
         };
-        for j in (lowest..layers.len()).rev() {
-            let input = match j {
-                0 if block == 0 => self.input.primal(),
-                0 => acts[block - 1][acts[block - 1].len() - 1].primal(),
-                _ => acts[block][j - 1].primal(),
-            };
-            let output = acts[block][j].primal();
-            let want = j > lowest || input_grad;
-            layers[j].backward(
-                input,
-                output,
-                &self.grad_a,
-                want.then_some(&mut self.grad_b),
-            )?;
-            if want {
-                std::mem::swap(&mut self.grad_a, &mut self.grad_b);
-            }
-        }
-        Ok(())
+        crate::parallel::run(|| {
+            pass.backward(&mut blocks[block].layers, input_grad, grad_a, grad_b)
+        })
+    }
+
+    /// Block-local backward of every block at once: the output block's and every feedback
+    /// point's, each from the gradient of its own output, which `grad(target, out)` writes
+    /// into `out` (already shaped like the block's output; `target` is `Some(l)` for feedback
+    /// point `l`, `None` for the output block). No block's input gradient is computed.
+    ///
+    /// This is the delivery of DFA, DKP and FDFA. Since no block waits for another's
+    /// gradient (there is no backward locking), the blocks run in parallel, each on its own
+    /// scratch; the results are those of calling [`backward_output`](Self::backward_output)
+    /// and [`backward_point`](Self::backward_point) one after the other, to the bit.
+    ///
+    /// ```
+    /// use fdfa::{Tensor, model::fc};
+    /// let mut rng = fdfa::init::rng(0);
+    /// let mut model = fc(&[1, 2, 2], 2, 5, 3, &mut rng)?;
+    /// let x = Tensor::from_vec(&[2, 1, 2, 2], vec![0.1, -0.4, 0.3, 0.9, -0.2, 0.5, 0.7, -0.8])?;
+    /// model.forward(&x, &mut |_, _| Ok(()))?;
+    /// // Every block trained from a gradient of ones at its output.
+    /// model.backward_local(&|_target, out| {
+    ///     out.fill(1.0);
+    ///     Ok(())
+    /// })?;
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Whatever `grad` returns (the first block's, in forward order, when several fail);
+    /// [`Error::Shape`] when a layer finds a gradient of the wrong shape.
+    pub fn backward_local(
+        &mut self,
+        grad: &(dyn Fn(Option<usize>, &mut Tensor) -> Result<()> + Sync),
+    ) -> Result<()> {
+        let Self {
+            blocks,
+            acts,
+            input,
+            local,
+            first_param,
+            ..
+        } = self;
+        let (acts, input) = (&*acts, &*input);
+        let last = blocks.len() - 1;
+        crate::parallel::run(|| {
+            blocks
+                .par_iter_mut()
+                .zip(local.par_iter_mut())
+                .enumerate()
+                .map(|(block, (b, [grad_a, grad_b]))| {
+                    let pass = BlockPass {
+                        block,
+                        input,
+                        acts,
+                        first_param: first_param[block],
+                    };
+                    let out = acts[block][acts[block].len() - 1].primal();
+                    grad_a.resize(out.shape());
+                    // Every hidden block has a feedback point, so block `l` is point `l`.
+                    grad(if block == last { None } else { Some(block) }, grad_a)?;
+                    pass.backward(&mut b.layers, false, grad_a, grad_b)
+                })
+                // Ordered: the first failing block's error wins, whatever the scheduling.
+                .reduce(|| Ok(()), |a, b| a.and(b))
+        })
     }
 
     /// Block-local backward of feedback point `l`'s block from the signal `g_l` (shaped like
@@ -455,20 +517,31 @@ impl Model {
         self.logits.resize(&[n, self.classes]);
         let row = x.row_len();
         let mut chunk_shape = x.shape().to_vec();
-        for start in (0..n).step_by(INFER_CHUNK) {
-            let m = INFER_CHUNK.min(n - start);
-            chunk_shape[0] = m;
-            self.eval_a.resize(&chunk_shape);
-            self.eval_a
-                .data_mut()
-                .copy_from_slice(&x.data()[start * row..(start + m) * row]);
-            for layer in self.blocks.iter().flat_map(|b| &b.layers) {
-                layer.infer(&self.eval_a, &mut self.eval_b)?;
-                std::mem::swap(&mut self.eval_a, &mut self.eval_b);
+        let Self {
+            blocks,
+            eval_a,
+            eval_b,
+            logits,
+            classes,
+            ..
+        } = self;
+        crate::parallel::run(|| {
+            for start in (0..n).step_by(INFER_CHUNK) {
+                let m = INFER_CHUNK.min(n - start);
+                chunk_shape[0] = m;
+                eval_a.resize(&chunk_shape);
+                eval_a
+                    .data_mut()
+                    .copy_from_slice(&x.data()[start * row..(start + m) * row]);
+                for layer in blocks.iter().flat_map(|b| &b.layers) {
+                    layer.infer(eval_a, eval_b)?;
+                    std::mem::swap(eval_a, eval_b);
+                }
+                let c = *classes;
+                logits.data_mut()[start * c..(start + m) * c].copy_from_slice(eval_a.data());
             }
-            let c = self.classes;
-            self.logits.data_mut()[start * c..(start + m) * c].copy_from_slice(self.eval_a.data());
-        }
+            Ok::<_, Error>(())
+        })?;
         Ok(&self.logits)
     }
 
@@ -529,6 +602,51 @@ fn qualified<'a>(buf: &'a mut String, prefix: &str, suffix: &str) -> &'a str {
     buf.push('.');
     buf.push_str(suffix);
     buf
+}
+
+/// What a backward through one block reads: the block's index, the model's input and every
+/// activation of the last forward, and the block's first layer with parameters.
+struct BlockPass<'a> {
+    block: usize,
+    input: &'a Dual,
+    acts: &'a [Vec<Dual>],
+    first_param: Option<usize>,
+}
+
+impl BlockPass<'_> {
+    /// Backward through the block's `layers` from the gradient of its output in `grad_a`;
+    /// leaves the block's input gradient there when `input_grad` is set.
+    fn backward(
+        &self,
+        layers: &mut [Box<dyn Layer>],
+        input_grad: bool,
+        grad_a: &mut Tensor,
+        grad_b: &mut Tensor,
+    ) -> Result<()> {
+        let (block, acts) = (self.block, self.acts);
+        // Below the first layer with parameters, only the block's input gradient would need
+        // the backward, so without it the pass ends there (a flatten or a pool in front of the
+        // first linear layer costs no input-gradient product).
+        let lowest = if input_grad {
+            0
+        } else {
+            self.first_param.unwrap_or(layers.len())
+        };
+        for j in (lowest..layers.len()).rev() {
+            let input = match j {
+                0 if block == 0 => self.input.primal(),
+                0 => acts[block - 1][acts[block - 1].len() - 1].primal(),
+                _ => acts[block][j - 1].primal(),
+            };
+            let output = acts[block][j].primal();
+            let want = j > lowest || input_grad;
+            layers[j].backward(input, output, grad_a, want.then_some(&mut *grad_b))?;
+            if want {
+                std::mem::swap(grad_a, grad_b);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl crate::optim::Parameters for Model {

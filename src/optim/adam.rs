@@ -204,39 +204,41 @@ impl Adam {
         let mut i = 0;
         let mut bad = None;
         let states = &mut self.states;
-        params.visit_params(&mut |name, p: &mut Param| {
-            if states.len() <= i {
-                states.push(AdamState {
-                    exp_avg: Tensor::zeros(p.value.shape()),
-                    exp_avg_sq: Tensor::zeros(p.value.shape()),
-                });
-            }
-            let s = &mut states[i];
-            i += 1;
-            let chunks = p
-                .value
-                .data_mut()
-                .par_chunks_mut(CHUNK)
-                .zip(p.grad.data().par_chunks(CHUNK))
-                .zip(s.exp_avg.data_mut().par_chunks_mut(CHUNK))
-                .zip(s.exp_avg_sq.data_mut().par_chunks_mut(CHUNK));
-            // Elementwise, so any split gives the same bits. A non-finite gradient always
-            // makes the updated value non-finite (inf / inf is NaN), so checking the values
-            // (in cache, right after the update) covers both.
-            let c = Constants {
-                b1,
-                b2,
-                eps,
-                wd,
-                step_size,
-                bias2_sqrt,
-            };
-            let finite = chunks
-                .map(|(((w, g), m), v)| update(w, g, m, v, &c))
-                .reduce(|| true, |a, b| a & b);
-            if !finite && bad.is_none() {
-                bad = Some(name.to_string());
-            }
+        crate::parallel::run(|| {
+            params.visit_params(&mut |name, p: &mut Param| {
+                if states.len() <= i {
+                    states.push(AdamState {
+                        exp_avg: Tensor::zeros(p.value.shape()),
+                        exp_avg_sq: Tensor::zeros(p.value.shape()),
+                    });
+                }
+                let s = &mut states[i];
+                i += 1;
+                let chunks = p
+                    .value
+                    .data_mut()
+                    .par_chunks_mut(CHUNK)
+                    .zip(p.grad.data().par_chunks(CHUNK))
+                    .zip(s.exp_avg.data_mut().par_chunks_mut(CHUNK))
+                    .zip(s.exp_avg_sq.data_mut().par_chunks_mut(CHUNK));
+                // Elementwise, so any split gives the same bits. A non-finite gradient always
+                // makes the updated value non-finite (inf / inf is NaN), so checking the values
+                // (in cache, right after the update) covers both.
+                let c = Constants {
+                    b1,
+                    b2,
+                    eps,
+                    wd,
+                    step_size,
+                    bias2_sqrt,
+                };
+                let finite = chunks
+                    .map(|(((w, g), m), v)| update(w, g, m, v, &c))
+                    .reduce(|| true, |a, b| a & b);
+                if !finite && bad.is_none() {
+                    bad = Some(name.to_string());
+                }
+            });
         });
         bad
     }

@@ -10,7 +10,10 @@ use crate::layers::Param;
 
 /// Anything that owns trainable parameters: a [`Model`](crate::model::Model), or a learning
 /// rule's feedback matrices.
-pub trait Parameters {
+///
+/// `Send`, because an optimizer updates them from a worker thread of the rayon pool (see
+/// [`parallel::run`](crate::parallel::run)).
+pub trait Parameters: Send {
     /// Visits every parameter in a fixed order, with its name.
     fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param));
 }

@@ -32,9 +32,11 @@ impl LearningRule for Bp {
         targets: &[usize],
         _rng: &mut Rng,
     ) -> Result<StepReport> {
-        let logits = model.forward(x, &mut |_, _| Ok(()))?;
-        let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
-        model.backward(&self.logits_grad)?;
-        Ok(StepReport { loss })
+        crate::parallel::run(|| {
+            let logits = model.forward(x, &mut |_, _| Ok(()))?;
+            let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+            model.backward(&self.logits_grad)?;
+            Ok(StepReport { loss })
+        })
     }
 }

@@ -13,7 +13,6 @@ use crate::tensor::Tensor;
 pub struct Dfa {
     feedback: Feedback,
     logits_grad: Tensor,
-    signal: Tensor,
 }
 
 impl Dfa {
@@ -22,7 +21,6 @@ impl Dfa {
         Self {
             feedback: Feedback::new(model, FeedbackInit::KaimingUniform, rng),
             logits_grad: Tensor::default(),
-            signal: Tensor::default(),
         }
     }
 }
@@ -39,11 +37,12 @@ impl LearningRule for Dfa {
         targets: &[usize],
         _rng: &mut Rng,
     ) -> Result<StepReport> {
-        let logits = model.forward(x, &mut |_, _| Ok(()))?;
-        let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
-        self.feedback
-            .deliver(model, &self.logits_grad, &mut self.signal)?;
-        Ok(StepReport { loss })
+        crate::parallel::run(|| {
+            let logits = model.forward(x, &mut |_, _| Ok(()))?;
+            let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+            self.feedback.deliver(model, &self.logits_grad)?;
+            Ok(StepReport { loss })
+        })
     }
 
     fn feedback(&self) -> Option<&Feedback> {

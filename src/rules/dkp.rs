@@ -15,7 +15,6 @@ use crate::tensor::Tensor;
 pub struct Dkp {
     feedback: Feedback,
     logits_grad: Tensor,
-    signal: Tensor,
 }
 
 impl Dkp {
@@ -24,7 +23,6 @@ impl Dkp {
         Self {
             feedback: Feedback::zeros(model),
             logits_grad: Tensor::default(),
-            signal: Tensor::default(),
         }
     }
 }
@@ -41,22 +39,23 @@ impl LearningRule for Dkp {
         targets: &[usize],
         _rng: &mut Rng,
     ) -> Result<StepReport> {
-        let logits = model.forward(x, &mut |_, _| Ok(()))?;
-        let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
-        for (l, b) in self.feedback.matrices.iter_mut().enumerate() {
-            let h = model.hidden(l).primal();
-            b.grad.resize(b.value.shape());
-            gemm(
-                1.0,
-                self.logits_grad.matrix().t(),
-                h.matrix(),
-                0.0,
-                b.grad.matrix_mut(),
-            );
-        }
-        self.feedback
-            .deliver(model, &self.logits_grad, &mut self.signal)?;
-        Ok(StepReport { loss })
+        crate::parallel::run(|| {
+            let logits = model.forward(x, &mut |_, _| Ok(()))?;
+            let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+            for (l, b) in self.feedback.matrices.iter_mut().enumerate() {
+                let h = model.hidden(l).primal();
+                b.grad.resize(b.value.shape());
+                gemm(
+                    1.0,
+                    self.logits_grad.matrix().t(),
+                    h.matrix(),
+                    0.0,
+                    b.grad.matrix_mut(),
+                );
+            }
+            self.feedback.deliver(model, &self.logits_grad)?;
+            Ok(StepReport { loss })
+        })
     }
 
     fn visit_learned(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {

@@ -26,7 +26,6 @@ pub struct Fdfa {
     directions: usize,
     buffers: Vec<Tensor>,
     logits_grad: Tensor,
-    signal: Tensor,
 }
 
 impl Fdfa {
@@ -37,7 +36,6 @@ impl Fdfa {
             directions: 1,
             buffers: Vec::new(),
             logits_grad: Tensor::default(),
-            signal: Tensor::default(),
         }
     }
 
@@ -64,28 +62,29 @@ impl Fdfa {
         targets: &[usize],
         directions: &[Tensor],
     ) -> Result<StepReport> {
-        let logits = perturbed_forward(model, x, directions)?;
-        let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
-        if let Some(d) = logits.tangent() {
-            let kn = d.batch() as f32;
-            for (b, u) in self.feedback.matrices.iter_mut().zip(directions) {
-                // grad = B - d^T u / (k N)
-                b.grad.assign(&b.value);
-                let mut grad = b.grad.matrix_mut();
-                let grad_shape = grad.dim();
-                if u.batch() != d.batch() || grad_shape.1 != u.row_len() {
-                    return Err(Error::shape(
-                        "FDFA feedback",
-                        format!("[{}, {}]", d.batch(), grad_shape.1),
-                        u.shape(),
-                    ));
+        crate::parallel::run(|| {
+            let logits = perturbed_forward(model, x, directions)?;
+            let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+            if let Some(d) = logits.tangent() {
+                let kn = d.batch() as f32;
+                for (b, u) in self.feedback.matrices.iter_mut().zip(directions) {
+                    // grad = B - d^T u / (k N)
+                    b.grad.assign(&b.value);
+                    let mut grad = b.grad.matrix_mut();
+                    let grad_shape = grad.dim();
+                    if u.batch() != d.batch() || grad_shape.1 != u.row_len() {
+                        return Err(Error::shape(
+                            "FDFA feedback",
+                            format!("[{}, {}]", d.batch(), grad_shape.1),
+                            u.shape(),
+                        ));
+                    }
+                    gemm(-1.0 / kn, d.matrix().t(), u.matrix(), 1.0, grad.view_mut());
                 }
-                gemm(-1.0 / kn, d.matrix().t(), u.matrix(), 1.0, grad.view_mut());
             }
-        }
-        self.feedback
-            .deliver(model, &self.logits_grad, &mut self.signal)?;
-        Ok(StepReport { loss })
+            self.feedback.deliver(model, &self.logits_grad)?;
+            Ok(StepReport { loss })
+        })
     }
 }
 
@@ -101,11 +100,13 @@ impl LearningRule for Fdfa {
         targets: &[usize],
         rng: &mut Rng,
     ) -> Result<StepReport> {
-        let mut buffers = std::mem::take(&mut self.buffers);
-        draw_directions(model, x.batch(), self.directions, rng, &mut buffers);
-        let report = self.step_with_directions(model, x, targets, &buffers);
-        self.buffers = buffers;
-        report
+        crate::parallel::run(|| {
+            let mut buffers = std::mem::take(&mut self.buffers);
+            draw_directions(model, x.batch(), self.directions, rng, &mut buffers);
+            let report = self.step_with_directions(model, x, targets, &buffers);
+            self.buffers = buffers;
+            report
+        })
     }
 
     fn visit_learned(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {

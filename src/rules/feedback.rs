@@ -82,21 +82,35 @@ impl Feedback {
     }
 
     /// Trains every block with `e` (the output block) and `e B_l` (hidden blocks): the
-    /// delivery shared by DFA, DKP and FDFA.
+    /// delivery shared by DFA, DKP and FDFA. The blocks train in parallel
+    /// ([`Model::backward_local`]).
     ///
     /// # Errors
     /// [`crate::Error::Shape`] when `logits_grad` does not match the last forward.
-    pub fn deliver(
-        &self,
-        model: &mut Model,
-        logits_grad: &Tensor,
-        scratch: &mut Tensor,
-    ) -> Result<()> {
-        model.backward_output(logits_grad)?;
-        for l in 0..self.len() {
-            self.signal(l, model, logits_grad, scratch);
-            model.backward_point(l, scratch)?;
-        }
-        Ok(())
+    pub fn deliver(&self, model: &mut Model, logits_grad: &Tensor) -> Result<()> {
+        model.backward_local(&|target, out| {
+            match target {
+                None if out.shape() == logits_grad.shape() => out.assign(logits_grad),
+                None => {
+                    return Err(crate::Error::shape(
+                        "logits gradient",
+                        format!("{:?}", out.shape()),
+                        logits_grad.shape(),
+                    ));
+                }
+                Some(l) => {
+                    let b = self.matrices[l].value.matrix();
+                    if logits_grad.batch() != out.batch() || b.nrows() != logits_grad.row_len() {
+                        return Err(crate::Error::shape(
+                            "logits gradient",
+                            format!("[{}, {}]", out.batch(), b.nrows()),
+                            logits_grad.shape(),
+                        ));
+                    }
+                    gemm(1.0, logits_grad.matrix(), b, 0.0, out.matrix_mut());
+                }
+            }
+            Ok(())
+        })
     }
 }

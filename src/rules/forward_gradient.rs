@@ -36,50 +36,52 @@ impl LearningRule for ForwardGradientWeight {
         targets: &[usize],
         rng: &mut Rng,
     ) -> Result<StepReport> {
-        let mut tangents = std::mem::take(&mut self.tangents);
-        let mut i = 0;
-        model.visit_params(&mut |_, p| {
-            if tangents.len() <= i {
-                tangents.push(Tensor::default());
-            }
-            let mut v = std::mem::take(&mut tangents[i]);
-            v.resize(p.value.shape());
-            fill_normal(v.data_mut(), rng);
-            p.tangent = Some(v);
-            i += 1;
-        });
-        let result = (|| {
-            let logits = model.forward(x, &mut |_, _| Ok(()))?;
-            let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
-            let dl = match logits.tangent() {
-                Some(d) => cross_entropy_jvp(&self.logits_grad, d)?[0],
-                None => 0.0,
-            };
-            Ok::<_, crate::Error>((loss, dl))
-        })();
-        // Hand the tangents back whatever happened, so that no later forward sees them.
-        let mut i = 0;
-        let mut dl_loss = None;
-        if let Ok((_, dl)) = &result {
-            dl_loss = Some(*dl);
-        }
-        model.visit_params(&mut |_, p| {
-            if let Some(v) = p.tangent.take() {
-                if let Some(dl) = dl_loss {
-                    p.grad.resize(v.shape());
-                    p.grad
-                        .data_mut()
-                        .iter_mut()
-                        .zip(v.data())
-                        .for_each(|(g, v)| *g = dl * v);
+        crate::parallel::run(|| {
+            let mut tangents = std::mem::take(&mut self.tangents);
+            let mut i = 0;
+            model.visit_params(&mut |_, p| {
+                if tangents.len() <= i {
+                    tangents.push(Tensor::default());
                 }
-                tangents[i] = v;
+                let mut v = std::mem::take(&mut tangents[i]);
+                v.resize(p.value.shape());
+                fill_normal(v.data_mut(), rng);
+                p.tangent = Some(v);
+                i += 1;
+            });
+            let result = (|| {
+                let logits = model.forward(x, &mut |_, _| Ok(()))?;
+                let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+                let dl = match logits.tangent() {
+                    Some(d) => cross_entropy_jvp(&self.logits_grad, d)?[0],
+                    None => 0.0,
+                };
+                Ok::<_, crate::Error>((loss, dl))
+            })();
+            // Hand the tangents back whatever happened, so that no later forward sees them.
+            let mut i = 0;
+            let mut dl_loss = None;
+            if let Ok((_, dl)) = &result {
+                dl_loss = Some(*dl);
             }
-            i += 1;
-        });
-        self.tangents = tangents;
-        let (loss, _) = result?;
-        Ok(StepReport { loss })
+            model.visit_params(&mut |_, p| {
+                if let Some(v) = p.tangent.take() {
+                    if let Some(dl) = dl_loss {
+                        p.grad.resize(v.shape());
+                        p.grad
+                            .data_mut()
+                            .iter_mut()
+                            .zip(v.data())
+                            .for_each(|(g, v)| *g = dl * v);
+                    }
+                    tangents[i] = v;
+                }
+                i += 1;
+            });
+            self.tangents = tangents;
+            let (loss, _) = result?;
+            Ok(StepReport { loss })
+        })
     }
 }
 
@@ -99,7 +101,6 @@ pub struct ForwardGradientActivity {
     directions: usize,
     buffers: Vec<Tensor>,
     logits_grad: Tensor,
-    signal: Tensor,
 }
 
 impl Default for ForwardGradientActivity {
@@ -115,7 +116,6 @@ impl ForwardGradientActivity {
             directions: 1,
             buffers: Vec::new(),
             logits_grad: Tensor::default(),
-            signal: Tensor::default(),
         }
     }
 
@@ -136,31 +136,37 @@ impl ForwardGradientActivity {
         targets: &[usize],
         directions: &[Tensor],
     ) -> Result<StepReport> {
-        let logits = perturbed_forward(model, x, directions)?;
-        let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
-        let n = x.batch();
-        // s_{j,i} = e_i . d_{j,i}: the derivative of the *mean* loss's sample-i term.
-        let s: Vec<f32> = match logits.tangent() {
-            Some(d) => per_sample_jvp(&self.logits_grad, d)?
-                .into_iter()
-                .map(|v| v / n as f32)
-                .collect(),
-            None => Vec::new(),
-        };
-        model.backward_output(&self.logits_grad)?;
-        for (l, u) in directions.iter().enumerate() {
-            let k = u.batch() / n;
-            let row = u.row_len();
-            self.signal.resize(model.hidden(l).primal().shape());
-            self.signal.fill(0.0);
-            for (r, (ur, sr)) in u.data().chunks(row).zip(&s).enumerate() {
-                let out = &mut self.signal.data_mut()[(r % n) * row..][..row];
-                let scale = sr / k as f32;
-                out.iter_mut().zip(ur).for_each(|(o, v)| *o += scale * v);
-            }
-            model.backward_point(l, &self.signal)?;
-        }
-        Ok(StepReport { loss })
+        crate::parallel::run(|| {
+            let logits = perturbed_forward(model, x, directions)?;
+            let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+            let n = x.batch();
+            // s_{j,i} = e_i . d_{j,i}: the derivative of the *mean* loss's sample-i term.
+            let s: Vec<f32> = match logits.tangent() {
+                Some(d) => per_sample_jvp(&self.logits_grad, d)?
+                    .into_iter()
+                    .map(|v| v / n as f32)
+                    .collect(),
+                None => Vec::new(),
+            };
+            let e = &self.logits_grad;
+            model.backward_local(&|target, out| {
+                let Some(l) = target else {
+                    out.assign(e);
+                    return Ok(());
+                };
+                let u = &directions[l];
+                let k = u.batch() / n;
+                let row = u.row_len();
+                out.fill(0.0);
+                for (r, (ur, sr)) in u.data().chunks(row).zip(&s).enumerate() {
+                    let out = &mut out.data_mut()[(r % n) * row..][..row];
+                    let scale = sr / k as f32;
+                    out.iter_mut().zip(ur).for_each(|(o, v)| *o += scale * v);
+                }
+                Ok(())
+            })?;
+            Ok(StepReport { loss })
+        })
     }
 }
 
@@ -176,10 +182,12 @@ impl LearningRule for ForwardGradientActivity {
         targets: &[usize],
         rng: &mut Rng,
     ) -> Result<StepReport> {
-        let mut buffers = std::mem::take(&mut self.buffers);
-        draw_directions(model, x.batch(), self.directions, rng, &mut buffers);
-        let report = self.step_with_directions(model, x, targets, &buffers);
-        self.buffers = buffers;
-        report
+        crate::parallel::run(|| {
+            let mut buffers = std::mem::take(&mut self.buffers);
+            draw_directions(model, x.batch(), self.directions, rng, &mut buffers);
+            let report = self.step_with_directions(model, x, targets, &buffers);
+            self.buffers = buffers;
+            report
+        })
     }
 }

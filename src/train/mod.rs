@@ -392,19 +392,24 @@ impl Trainer {
             epoch,
             batch,
         };
-        let report = self.rule.step(
-            &mut self.model,
-            &self.x,
-            &self.targets,
-            &mut self.progress.rng,
-        )?;
+        // One entry into the pool for the whole step (see `parallel::run`).
+        let (rule, model) = (&mut self.rule, &mut self.model);
+        let (feedback_opt, forward_opt) = (&mut self.feedback_opt, &mut self.forward_opt);
+        let (x, targets, rng) = (&self.x, &self.targets, &mut self.progress.rng);
+        let (report, bad) = crate::parallel::run(|| -> Result<_> {
+            let report = rule.step(model, x, targets, rng)?;
+            if !report.loss.is_finite() {
+                return Ok((report, None));
+            }
+            // The optimizers check every gradient and updated value as they go.
+            let bad_feedback = feedback_opt.step(&mut Learned(rule.as_mut()));
+            let bad_forward = forward_opt.step(model);
+            Ok((report, bad_feedback.or(bad_forward)))
+        })?;
         if !report.loss.is_finite() {
             return Err(nonfinite("loss".into()));
         }
-        // The optimizers check every gradient and updated value as they go.
-        let bad_feedback = self.feedback_opt.step(&mut Learned(self.rule.as_mut()));
-        let bad_forward = self.forward_opt.step(&mut self.model);
-        match bad_feedback.or(bad_forward) {
+        match bad {
             Some(name) => Err(nonfinite(self.locate_nonfinite(&name))),
             None => Ok(report.loss),
         }
