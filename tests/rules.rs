@@ -708,3 +708,51 @@ fn blocks_trained_in_parallel_match_blocks_trained_one_by_one() {
         }
     }
 }
+
+/// `visit_stored_state` shows what `visit_state` shows, under the same names in the same
+/// order, each tensor flagged as transposed exactly when it is PyTorch's transposed.
+#[test]
+fn stored_state_is_the_state_in_the_layers_layout() {
+    for conv in [false, true] {
+        let mut rng = init::rng(4);
+        let mut model = if conv {
+            fdfa::model::shallow_cnn(&[1, 12, 12], 3, &mut rng).unwrap()
+        } else {
+            fdfa::model::fc(&[1, 3, 3], 2, 5, 4, &mut rng).unwrap()
+        };
+        let mut torch = Vec::new();
+        model.visit_state(&mut |name, s| {
+            if let StateMut::Param(p) = s {
+                torch.push((name.to_string(), p.value.clone()));
+            }
+        });
+        let mut stored = Vec::new();
+        model.visit_stored_state(&mut |name, s, transposed| {
+            if let StateMut::Param(p) = s {
+                stored.push((name.to_string(), p.value.clone(), transposed));
+            }
+        });
+        assert_eq!(torch.len(), stored.len());
+        let mut flipped = 0;
+        for ((name, want), (got_name, got, transposed)) in torch.iter().zip(&stored) {
+            assert_eq!(name, got_name);
+            assert_eq!(
+                *transposed,
+                name.ends_with("weight") && got.shape().len() == 2
+            );
+            if *transposed {
+                flipped += 1;
+                let (rows, cols) = (want.shape()[0], want.shape()[1]);
+                assert_eq!(got.shape(), &[cols, rows], "{name}");
+                for r in 0..rows {
+                    for c in 0..cols {
+                        assert_eq!(got.data()[c * rows + r], want.data()[r * cols + c]);
+                    }
+                }
+            } else {
+                assert_eq!(got, want, "{name}");
+            }
+        }
+        assert_eq!(flipped, if conv { 2 } else { 3 });
+    }
+}

@@ -219,7 +219,9 @@ struct Snapshot {
 impl Snapshot {
     fn take(model: &mut Model, rule: &mut dyn LearningRule) -> Self {
         let (mut grads, mut buffers, mut counters, mut learned) = (vec![], vec![], vec![], vec![]);
-        model.visit_state(&mut |_, state| match state {
+        // In the stored layout: what is taken is given back as it was, so nothing needs the
+        // (costly, on AlexNet) transposes of `visit_state`.
+        model.visit_stored_state(&mut |_, state, _| match state {
             StateMut::Param(p) => grads.push(p.grad.clone()),
             StateMut::Buffer(t) => buffers.push(t.clone()),
             StateMut::Counter(c) => counters.push(*c),
@@ -237,7 +239,7 @@ impl Snapshot {
         let mut grads = self.grads.into_iter();
         let mut buffers = self.buffers.into_iter();
         let mut counters = self.counters.into_iter();
-        model.visit_state(&mut |_, state| match state {
+        model.visit_stored_state(&mut |_, state, _| match state {
             StateMut::Param(p) => {
                 if let Some(g) = grads.next() {
                     p.grad = g;

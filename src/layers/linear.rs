@@ -301,6 +301,13 @@ impl Layer for Linear {
         }
     }
 
+    fn visit_stored_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>, bool)) {
+        f("weight", StateMut::Param(&mut self.weight), true);
+        if let Some(b) = &mut self.bias {
+            f("bias", StateMut::Param(b), false);
+        }
+    }
+
     fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
         f("weight", &mut self.weight);
         if let Some(b) = &mut self.bias {

@@ -555,6 +555,35 @@ impl Model {
         }
     }
 
+    /// Visits what [`visit_state`](Self::visit_state) visits, under the same names and in
+    /// the same order, in the layout each layer stores it (see
+    /// [`Layer::visit_stored_state`]), without copies. The flag tells whether the tensor is
+    /// the transpose of its PyTorch layout (a [`Linear`](crate::layers::Linear) weight).
+    ///
+    /// ```
+    /// use fdfa::layers::StateMut;
+    /// let mut model = fdfa::model::fc(&[1, 2, 2], 1, 5, 3, &mut fdfa::init::rng(0))?;
+    /// let mut stored = Vec::new();
+    /// model.visit_stored_state(&mut |name, state, transposed| {
+    ///     if let StateMut::Param(p) = state {
+    ///         stored.push((name.to_string(), p.value.shape().to_vec(), transposed));
+    ///     }
+    /// });
+    /// // PyTorch's `fc_hidden.0.weight` is [5, 4]; the layer keeps it as [4, 5].
+    /// assert_eq!(stored[0], ("fc_hidden.0.weight".to_string(), vec![4, 5], true));
+    /// assert_eq!(stored[1], ("fc_hidden.0.bias".to_string(), vec![5], false));
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    pub fn visit_stored_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>, bool)) {
+        let mut name = String::new();
+        for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
+            let prefix = layer.name().to_string();
+            layer.visit_stored_state(&mut |suffix, state, transposed| {
+                f(qualified(&mut name, &prefix, suffix), state, transposed)
+            });
+        }
+    }
+
     /// Visits every trainable parameter, in a fixed order, in the layout its layer computes
     /// with (see [`Layer::visit_params`]); [`visit_state`](Self::visit_state) shows PyTorch's.
     pub fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {

@@ -85,6 +85,7 @@ use crate::layers::StateMut;
 use crate::model::Model;
 use crate::optim::{Adam, AdamState};
 use crate::tensor::Tensor;
+use crate::tensor::transpose_into;
 
 /// The file of a checkpoint folder that holds everything but the tensors.
 pub const STATE_FILE: &str = "state.json";
@@ -162,9 +163,10 @@ pub enum Interruption {
     BeforeStateRename,
 }
 
-/// Yields a model's state to a tensor-file visitor.
+/// Yields a model's state to a tensor-file visitor, in PyTorch's layout.
 fn visit_model(model: &mut Model, f: &mut dyn FnMut(&str, Item<'_>)) {
-    model.visit_state(&mut |name, state| match state {
+    model.visit_stored_state(&mut |name, state, transposed| match state {
+        StateMut::Param(p) if transposed => f(name, Item::F32(&p.value.transposed())),
         StateMut::Param(p) => f(name, Item::F32(&p.value)),
         StateMut::Buffer(t) => f(name, Item::F32(t)),
         StateMut::Counter(c) => f(name, Item::Counter(*c)),
@@ -258,10 +260,16 @@ fn stage(tensors: &Tensors<'_>, specs: &[Spec]) -> Result<Vec<Staged>> {
         .collect()
 }
 
-/// Copies staged values (in [`model_specs`] order, shapes checked) into the model.
+/// Copies staged values (in [`model_specs`] order, shapes checked, PyTorch's layout) into
+/// the model.
 fn apply_model(model: &mut Model, staged: Vec<Staged>) {
     let mut staged = staged.into_iter();
-    model.visit_state(&mut |_, state| match (state, staged.next()) {
+    model.visit_stored_state(&mut |_, state, transposed| match (state, staged.next()) {
+        (StateMut::Param(p), Some(Staged::F32(v))) if transposed => {
+            // Stored `[in, out]`: the file's `[out, in]` is `[cols, rows]` of it.
+            let (rows, cols) = (p.value.batch(), p.value.row_len());
+            transpose_into(&v, cols, rows, p.value.data_mut());
+        }
         (StateMut::Param(p), Some(Staged::F32(v))) => p.value.data_mut().copy_from_slice(&v),
         (StateMut::Buffer(t), Some(Staged::F32(v))) => t.data_mut().copy_from_slice(&v),
         (StateMut::Counter(c), Some(Staged::Counter(v))) => *c = v,

@@ -79,11 +79,15 @@ pub(super) struct StateFile {
     pub(super) run: RunInfo,
 }
 
-/// The model's state in visiting order.
+/// The model's state in visiting order, with PyTorch's shapes.
 pub(super) fn model_specs(model: &mut Model) -> Vec<Spec> {
     let mut specs = Vec::new();
-    model.visit_state(&mut |name, state| {
+    model.visit_stored_state(&mut |name, state, transposed| {
         specs.push(match state {
+            StateMut::Param(p) if transposed => {
+                let torch: Vec<usize> = p.value.shape().iter().rev().copied().collect();
+                Spec::new(name, &torch, "F32")
+            }
             StateMut::Param(p) => Spec::new(name, p.value.shape(), "F32"),
             StateMut::Buffer(t) => Spec::new(name, t.shape(), "F32"),
             StateMut::Counter(_) => Spec::new(name, &[], "I64"),
