@@ -186,7 +186,7 @@ fn channel_sums2(
             FEATURES_PER_TASK,
             second,
             FEATURES_PER_TASK,
-            n * c,
+            n * c * 8,
             |_, t, s1, s2| {
                 let start = t * FEATURES_PER_TASK;
                 for (ra, rb) in a.chunks_exact(c).zip(b.chunks_exact(c)) {
@@ -278,7 +278,7 @@ fn update_scale(scale: &mut [f64], gamma: &[f32], inv_std: &[f64]) {
 fn centred_squares(x: &[f32], dims: (usize, usize, usize), mean: &[f64], acc: &mut [f64]) {
     let (n, c, s) = dims;
     if s == 1 {
-        par_chunks_mut(&mut acc[..c], FEATURES_PER_TASK, 1, n * c, |t, acc| {
+        par_chunks_mut(&mut acc[..c], FEATURES_PER_TASK, 1, n * c * 8, |t, acc| {
             let start = t * FEATURES_PER_TASK;
             let mean = &mean[start..start + acc.len()];
             acc.fill(0.0);
@@ -310,7 +310,7 @@ fn channel_map<T: Copy + Send + Sync, const K: usize>(
     f: impl Fn(f32, f32, [T; K]) -> f32 + Sync,
 ) {
     if s == 1 {
-        par_chunks_mut(out, c, ROWS_PER_TASK, n * c, |t, rows| {
+        par_chunks_mut(out, c, ROWS_PER_TASK, n * c * 8, |t, rows| {
             for (r, ro) in rows.chunks_exact_mut(c).enumerate() {
                 let i = t * ROWS_PER_TASK + r;
                 map_row(ro, &a[i * c..(i + 1) * c], &b[i * c..(i + 1) * c], coef, &f);

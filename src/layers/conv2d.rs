@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::init::{Rng, default_bound, uniform};
 use crate::kernels::gemm::gemm_serial;
 use crate::kernels::im2col::{Geometry, col2im_add, im2col, im2col_t};
-use crate::parallel::{Scratch, par_chunks_scratch, par_zip_chunks_scratch};
+use crate::parallel::{Scratch, par_chunks_mut, par_chunks_scratch, par_zip_chunks_scratch};
 use crate::tensor::{Dual, Tensor};
 
 /// Samples whose weight gradients one parallel task sums before the ordered reduction.
@@ -187,6 +187,31 @@ impl Conv2d {
     }
 }
 
+/// The sum of `x` with 16 running sums (added pairwise at the end, a fixed order), so that
+/// the additions pipeline and vectorize.
+#[multiversion::multiversion(targets = "simd")]
+fn plane_sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(tail) {
+        *a += v;
+    }
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for j in 0..width {
+            acc[j] += acc[j + width];
+        }
+    }
+    acc[0]
+}
+
 impl Layer for Conv2d {
     fn name(&self) -> &str {
         &self.config.name
@@ -328,13 +353,15 @@ impl Layer for Conv2d {
         }
         if let Some(bias) = &mut self.bias {
             bias.grad.resize(&[c_out]);
-            let bg = bias.grad.data_mut();
-            bg.fill(0.0);
-            for sample in grad_output.data().chunks(c_out * p) {
-                for (b, plane) in bg.iter_mut().zip(sample.chunks(p)) {
-                    *b += plane.iter().sum::<f32>();
+            // One task per channel, samples added in order: a one-accumulator sum over a
+            // CNN's gradient (a million values) waited on every addition for ~1 ms.
+            let g = grad_output.data();
+            par_chunks_mut(bias.grad.data_mut(), 1, 1, n * c_out * p, |ch, b| {
+                b[0] = 0.0;
+                for i in 0..n {
+                    b[0] += plane_sum(&g[(i * c_out + ch) * p..][..p]);
                 }
-            }
+            });
         }
         Ok(())
     }
