@@ -23,7 +23,6 @@ struct SignDfa {
     /// One `[classes, D_l]` matrix of `+-1/sqrt(classes)` per feedback point.
     signs: Vec<Tensor>,
     logits_grad: Tensor,
-    signal: Tensor,
 }
 
 impl SignDfa {
@@ -44,7 +43,6 @@ impl SignDfa {
         Self {
             signs,
             logits_grad: Tensor::default(),
-            signal: Tensor::default(),
         }
     }
 }
@@ -64,20 +62,22 @@ impl LearningRule for SignDfa {
         // 1. A plain forward (no tangents needed), the loss and e = dL/dy.
         let logits = model.forward(x, &mut |_, _| Ok(()))?;
         let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
-        // 2. The output layer learns from its true gradient.
-        model.backward_output(&self.logits_grad)?;
-        // 3. Every hidden block learns from e S_l, shaped like its output h_l.
-        for (l, signs) in self.signs.iter().enumerate() {
-            self.signal.assign(model.hidden(l).primal());
-            general_mat_mul(
-                1.0,
-                &self.logits_grad.matrix(),
-                &signs.matrix(),
-                0.0,
-                &mut self.signal.matrix_mut(),
-            );
-            model.backward_point(l, &self.signal)?;
-        }
+        // 2. Every block learns at once, each from the gradient of its own output: the output
+        //    layer from its true gradient e, every hidden block from e S_l (shaped like h_l).
+        let e = &self.logits_grad;
+        model.backward_local(&|point, out| {
+            match point {
+                None => out.assign(e),
+                Some(l) => general_mat_mul(
+                    1.0,
+                    &e.matrix(),
+                    &self.signs[l].matrix(),
+                    0.0,
+                    &mut out.matrix_mut(),
+                ),
+            }
+            Ok(())
+        })?;
         Ok(StepReport { loss })
     }
 }

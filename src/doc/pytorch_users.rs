@@ -30,8 +30,16 @@
 //!   so that its forward product reads the weight contiguously. Its public `weight` field and
 //!   [`Model::visit_params`](crate::model::Model::visit_params) show that layout;
 //!   [`Model::visit_state`](crate::model::Model::visit_state), checkpoints and the optimizer
-//!   moments in them show PyTorch's `[out, in]`.
+//!   moments in them show PyTorch's `[out, in]`;
+//!   [`Model::visit_stored_state`](crate::model::Model::visit_stored_state) shows the stored
+//!   layout, flagged, without copies.
 //! - Layers do not own autograd graphs. A rule calls the model's primitives explicitly:
-//!   forward with a hook at each feedback point, block-local backward, or full backward.
+//!   forward with a hook at each feedback point, block-local backward of one block or of all
+//!   at once ([`Model::backward_local`](crate::model::Model::backward_local), which trains
+//!   the blocks in parallel), or full backward.
+//! - Threads: rayon's pool, sized by `RAYON_NUM_THREADS` (or `--threads` in the examples)
+//!   where PyTorch has `torch.set_num_threads`. The results do not depend on the number of
+//!   threads, to the bit. A loop of your own should run inside
+//!   [`parallel::run`](crate::parallel::run), which enters the pool once.
 //! - The optimizers run outside the rule; the feedback group steps first, both from the
 //!   gradients computed before either stepped, as in the reference.
