@@ -60,6 +60,14 @@ pub enum Error {
         /// How to obtain the files.
         hint: String,
     },
+    /// No mirror served a dataset file (feature `download`).
+    #[error("could not download {file}: {tried}")]
+    Download {
+        /// The file, e.g. `train-images-idx3-ubyte.gz`.
+        file: String,
+        /// Each URL tried and why it failed.
+        tried: String,
+    },
     /// Training produced a non-finite number.
     #[error("non-finite value in {tensor} at epoch {epoch}, batch {batch}")]
     NonFinite {

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+mod download;
 mod train_loop;
 
 use std::path::PathBuf;
@@ -94,6 +95,11 @@ pub struct Args {
     /// /usr/share/datasets/<dataset>).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Fetch the dataset into --data-dir (default ./data/<dataset>) when it is not found:
+    /// MNIST and Fashion-MNIST from their public mirrors, verified by SHA-256 (a build with
+    /// `--features download`).
+    #[arg(long)]
+    pub download: bool,
     /// Worker threads (default: one per core).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub threads: Option<u64>,
@@ -328,6 +334,13 @@ fn load_data(
     dataset: DatasetName,
     args: &Args,
 ) -> fdfa::Result<(Box<dyn DataSource>, Box<dyn DataSource>)> {
+    if args.download && fdfa::data::locate(dataset, args.data_dir.as_deref()).is_err() {
+        let dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("data").join(dataset.folder()));
+        download::download(dataset, &dir)?;
+    }
     if args.train_samples.is_none() && args.test_samples.is_none() {
         return fdfa::data::load(dataset, args.data_dir.as_deref());
     }

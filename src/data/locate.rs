@@ -116,12 +116,15 @@ impl DatasetName {
         match self {
             Self::Mnist => format!(
                 "MNIST ships in the fdfa repository's data/{folder}/ (four IDX .gz files): run \
-                 from the repository's root, or set {DATA_ENV} to its data/ folder"
+                 from the repository's root, or set {DATA_ENV} to its data/ folder; a build \
+                 with the `download` feature fetches it (the examples' --download)"
             ),
             Self::FashionMnist => format!(
                 "install it with `apt-get install dataset-fashion-mnist` (into \
-                 {SYSTEM_DIR}/{folder}), or put its four IDX files (from \
-                 https://github.com/zalandoresearch/fashion-mnist) into one of those folders"
+                 {SYSTEM_DIR}/{folder}), put its four IDX files (from \
+                 https://github.com/zalandoresearch/fashion-mnist) into one of those folders, \
+                 or fetch them with a build that has the `download` feature (the examples' \
+                 --download)"
             ),
             Self::Cifar10 | Self::Cifar100 => format!(
                 "download the binary version from https://www.cs.toronto.edu/~kriz/cifar.html \

@@ -26,6 +26,8 @@
 //! decompression by the size the header announces, and names the file in every error.
 
 mod cifar;
+#[cfg(feature = "download")]
+mod download;
 mod idx;
 mod locate;
 mod transform;
@@ -40,6 +42,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 
 pub use cifar::{load_cifar10, load_cifar100, read_cifar10_batch, read_cifar100_batch};
+#[cfg(feature = "download")]
+pub use download::{Progress, download, download_from};
 pub use idx::{load_fashion_mnist, load_mnist, read_idx_images, read_idx_labels};
 pub use locate::{CIFAR100_SIZE, DATA_ENV, DatasetName, load, load_raw, locate};
 pub use transform::Augmented;
