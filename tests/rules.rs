@@ -756,3 +756,35 @@ fn stored_state_is_the_state_in_the_layers_layout() {
         assert_eq!(flipped, if conv { 2 } else { 3 });
     }
 }
+
+/// Every backward pass before a training forward (or after inference only) is an error that
+/// says so, not a panic on the empty activations.
+#[test]
+fn a_backward_before_any_forward_is_an_error() {
+    for conv in [false, true] {
+        let mut rng = init::rng(9);
+        let mut model = if conv {
+            fdfa::model::shallow_cnn(&[1, 12, 12], 3, &mut rng).unwrap()
+        } else {
+            fdfa::model::fc(&[1, 12, 12], 2, 16, 3, &mut rng).unwrap()
+        };
+        let (x, _) = synthetic(4, 1);
+        model.infer(&x).unwrap();
+        let e = Tensor::zeros(&[4, 3]);
+        let h = Tensor::zeros(&[4, 16]);
+        let results = [
+            model.backward_local(&|_, out| {
+                out.fill(1.0);
+                Ok(())
+            }),
+            model.backward_output(&e),
+            model.backward_point(0, &h),
+            model.backward(&e),
+            model.backward_to_points(&e, &mut |_, _| Ok(())),
+        ];
+        for r in results {
+            let message = r.unwrap_err().to_string();
+            assert!(message.contains("call `forward` first"), "{message}");
+        }
+    }
+}

@@ -76,6 +76,14 @@ impl Layer for Relu {
         grad_input: Option<&mut Tensor>,
     ) -> Result<()> {
         check_grad(&self.name, output, grad_output)?;
+        if output.len() != grad_output.len() {
+            // Equal shapes but not equal lengths: an empty tensor that never held values.
+            return Err(Error::shape(
+                &self.name,
+                "the output of a forward pass",
+                output.shape(),
+            ));
+        }
         if let Some(gx) = grad_input {
             gx.resize(output.shape());
             elementwise(gx.data_mut(), grad_output.data(), output.data(), |g, y| {

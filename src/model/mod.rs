@@ -335,9 +335,24 @@ impl Model {
         Ok(input_grad.then_some(&self.grad_a))
     }
 
+    /// A backward needs the activations of a training forward ([`forward`](Self::forward);
+    /// [`infer`](Self::infer) keeps none).
+    fn check_forward_ran(&self) -> Result<()> {
+        if self.input.primal().shape().is_empty() {
+            return Err(Error::config(
+                "model",
+                "backward",
+                "no training forward has run: call `forward` first (a backward reads its \
+                 activations)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Backward through `block` from the gradient held in `grad_a`; leaves the input gradient
     /// in `grad_a`.
     fn backward_from_a(&mut self, block: usize, input_grad: bool) -> Result<()> {
+        self.check_forward_ran()?;
         let Self {
             blocks,
             acts,
@@ -389,6 +404,7 @@ impl Model {
         &mut self,
         grad: &(dyn Fn(Option<usize>, &mut Tensor) -> Result<()> + Sync),
     ) -> Result<()> {
+        self.check_forward_ran()?;
         let Self {
             blocks,
             acts,

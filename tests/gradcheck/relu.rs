@@ -118,6 +118,14 @@ fn wrong_shapes_are_errors() {
     check_rejects(&relu, &[0, 3]);
     check_rejects(&relu, &[]);
     check_rejects_grad(&relu, &away_from_zero(&[2, 3], MARGIN, 690));
+    // A backward with tensors that never held values (no forward ran).
+    let empty = Tensor::default();
+    let mut gx = Tensor::default();
+    assert!(
+        relu.clone()
+            .backward(&empty, &empty, &Tensor::zeros(&[]), Some(&mut gx))
+            .is_err()
+    );
 }
 
 #[test]
