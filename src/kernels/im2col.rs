@@ -59,41 +59,38 @@ impl Geometry {
     }
 }
 
-/// `op(&mut dst[i], src[i])` for `i < k`, with constant lengths for the usual kernel sizes:
-/// a run-time length this short costs a `memcpy` call or a loop set-up per row.
-#[inline(always)]
-fn zip_row(dst: &mut [f32], src: &[f32], k: usize, op: impl Fn(&mut f32, f32)) {
-    #[inline(always)]
-    fn fixed<const K: usize>(dst: &mut [f32], src: &[f32], op: impl Fn(&mut f32, f32)) {
-        for (d, &s) in dst[..K].iter_mut().zip(&src[..K]) {
-            op(d, s);
+/// Runs `$f::<K>(args)` with the kernel size `$k` as a constant for the usual sizes (0, read
+/// as "use the run-time size", otherwise): the per-row copies then compile to fixed moves
+/// and the loop over kernel rows unrolls, where a size tested on every row cost a compare
+/// and an indirect jump per five values.
+macro_rules! with_kernel_size {
+    ($k:expr, $f:ident($($arg:expr),*)) => {
+        match $k {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            5 => $f::<5>($($arg),*),
+            7 => $f::<7>($($arg),*),
+            11 => $f::<11>($($arg),*),
+            _ => $f::<0>($($arg),*),
         }
-    }
-    match k {
-        1 => fixed::<1>(dst, src, op),
-        2 => fixed::<2>(dst, src, op),
-        3 => fixed::<3>(dst, src, op),
-        5 => fixed::<5>(dst, src, op),
-        7 => fixed::<7>(dst, src, op),
-        11 => fixed::<11>(dst, src, op),
-        _ => {
-            for (d, &s) in dst[..k].iter_mut().zip(&src[..k]) {
-                op(d, s);
-            }
-        }
-    }
+    };
 }
 
-/// `dst[..k] = src[..k]`.
+/// `dst.copy_from_slice(src)` for the short rows of an image (a few dozen values), in
+/// blocks of 8 that compile to vector moves: `copy_from_slice` of a run-time length calls
+/// `memcpy`, whose set-up cost as much as the copy (a tenth of a CNN step went there).
 #[inline(always)]
-fn copy_row(dst: &mut [f32], src: &[f32], k: usize) {
-    zip_row(dst, src, k, |d, s| *d = s);
-}
-
-/// `dst[..k] += src[..k]`.
-#[inline(always)]
-fn add_row(dst: &mut [f32], src: &[f32], k: usize) {
-    zip_row(dst, src, k, |d, s| *d += s);
+fn copy_short(dst: &mut [f32], src: &[f32]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d, s) in (&mut d).zip(&mut s) {
+        let s: [f32; 8] = s.try_into().unwrap_or_else(|_| unreachable!());
+        d.copy_from_slice(&s);
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
 }
 
 /// Writes the transposed im2col matrix of `input` (`[c, h, w]`) into `cols`
@@ -103,41 +100,50 @@ fn add_row(dst: &mut [f32], src: &[f32], k: usize) {
 pub(crate) fn im2col_t(g: &Geometry, input: &[f32], cols: &mut [f32]) {
     debug_assert_eq!(input.len(), g.in_len());
     debug_assert_eq!(cols.len(), g.out_pixels() * g.patch_len());
-    let (k, p, s, pad) = (g.kernel, g.out_pixels(), g.stride, g.padding as isize);
+    with_kernel_size!(g.kernel, im2col_t_k(g, input, cols));
+}
+
+/// [`im2col_t`] for kernel size `K` (`0`: `g.kernel`).
+fn im2col_t_k<const K: usize>(g: &Geometry, input: &[f32], cols: &mut [f32]) {
+    let k = if K == 0 { g.kernel } else { K };
+    let (p, s, pad) = (g.out_pixels(), g.stride, g.padding as isize);
     for ch in 0..g.c {
         let plane = &input[ch * g.h * g.w..][..g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
                 let row = &mut cols[((ch * k + ky) * k + kx) * p..][..p];
-                for oy in 0..g.out_h {
-                    let out = &mut row[oy * g.out_w..][..g.out_w];
+                // Output columns whose input column lies inside the image: the same for
+                // every output row of this tap.
+                let x0 = kx as isize - pad;
+                let first = if x0 >= 0 {
+                    0
+                } else {
+                    ((-x0) as usize).div_ceil(s)
+                };
+                let last = if (g.w as isize) > x0 {
+                    (((g.w as isize - 1 - x0) / s as isize) as usize + 1).min(g.out_w)
+                } else {
+                    0
+                };
+                let first = first.min(last);
+                let start = (first as isize * s as isize + x0).max(0) as usize;
+                for (oy, out) in row.chunks_exact_mut(g.out_w).enumerate() {
                     let y = (oy * s) as isize + ky as isize - pad;
                     if y < 0 || y as usize >= g.h {
                         out.fill(0.0);
                         continue;
                     }
                     let line = &plane[y as usize * g.w..][..g.w];
-                    // Output columns whose input column lies inside the image.
-                    let x0 = kx as isize - pad;
-                    let first = if x0 >= 0 {
-                        0
-                    } else {
-                        ((-x0) as usize).div_ceil(s)
-                    };
-                    let last = if (g.w as isize) > x0 {
-                        (((g.w as isize - 1 - x0) / s as isize) as usize + 1).min(g.out_w)
-                    } else {
-                        0
-                    };
-                    let first = first.min(last);
                     out[..first].fill(0.0);
                     out[last..].fill(0.0);
                     if s == 1 {
-                        let start = (first as isize + x0) as usize;
-                        out[first..last].copy_from_slice(&line[start..start + last - first]);
+                        copy_short(&mut out[first..last], &line[start..start + last - first]);
                     } else {
-                        for (ox, o) in out[first..last].iter_mut().enumerate() {
-                            *o = line[(first + ox) * s + kx - g.padding];
+                        for (o, v) in out[first..last]
+                            .iter_mut()
+                            .zip(line[start..].iter().step_by(s))
+                        {
+                            *o = *v;
                         }
                     }
                 }
@@ -150,7 +156,13 @@ pub(crate) fn im2col_t(g: &Geometry, input: &[f32], cols: &mut [f32]) {
 pub(crate) fn im2col(g: &Geometry, input: &[f32], cols: &mut [f32]) {
     debug_assert_eq!(input.len(), g.in_len());
     debug_assert_eq!(cols.len(), g.out_pixels() * g.patch_len());
-    let (k, pl) = (g.kernel, g.patch_len());
+    with_kernel_size!(g.kernel, im2col_k(g, input, cols));
+}
+
+/// [`im2col`] for kernel size `K` (`0`: `g.kernel`).
+fn im2col_k<const K: usize>(g: &Geometry, input: &[f32], cols: &mut [f32]) {
+    let k = if K == 0 { g.kernel } else { K };
+    let pl = g.patch_len();
     for oy in 0..g.out_h {
         for ox in 0..g.out_w {
             let row = &mut cols[(oy * g.out_w + ox) * pl..][..pl];
@@ -163,7 +175,8 @@ pub(crate) fn im2col(g: &Geometry, input: &[f32], cols: &mut [f32]) {
                 if interior {
                     let (y0, x0) = (y0 as usize, x0 as usize);
                     for ky in 0..k {
-                        copy_row(&mut dst[ky * k..], &plane[(y0 + ky) * g.w + x0..], k);
+                        let src = &plane[(y0 + ky) * g.w + x0..][..k];
+                        dst[ky * k..][..k].copy_from_slice(src);
                     }
                 } else {
                     for ky in 0..k {
@@ -188,7 +201,13 @@ pub(crate) fn im2col(g: &Geometry, input: &[f32], cols: &mut [f32]) {
 pub(crate) fn col2im_add(g: &Geometry, cols: &[f32], grad_input: &mut [f32]) {
     debug_assert_eq!(grad_input.len(), g.in_len());
     debug_assert_eq!(cols.len(), g.out_pixels() * g.patch_len());
-    let (k, pl) = (g.kernel, g.patch_len());
+    with_kernel_size!(g.kernel, col2im_add_k(g, cols, grad_input));
+}
+
+/// [`col2im_add`] for kernel size `K` (`0`: `g.kernel`).
+fn col2im_add_k<const K: usize>(g: &Geometry, cols: &[f32], grad_input: &mut [f32]) {
+    let k = if K == 0 { g.kernel } else { K };
+    let pl = g.patch_len();
     for oy in 0..g.out_h {
         for ox in 0..g.out_w {
             let row = &cols[(oy * g.out_w + ox) * pl..][..pl];
@@ -201,7 +220,10 @@ pub(crate) fn col2im_add(g: &Geometry, cols: &[f32], grad_input: &mut [f32]) {
                 if interior {
                     let (y0, x0) = (y0 as usize, x0 as usize);
                     for ky in 0..k {
-                        add_row(&mut plane[(y0 + ky) * g.w + x0..], &src[ky * k..], k);
+                        let dst = &mut plane[(y0 + ky) * g.w + x0..][..k];
+                        for (d, s) in dst.iter_mut().zip(&src[ky * k..][..k]) {
+                            *d += s;
+                        }
                     }
                     continue;
                 }
