@@ -315,10 +315,6 @@ impl Layer for Linear {
         }
     }
 
-    fn param_transposed(&self, suffix: &str) -> bool {
-        suffix == "weight"
-    }
-
     fn flops_per_sample(&self, _input: &[usize]) -> usize {
         self.d_in * self.d_out
     }

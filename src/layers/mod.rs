@@ -121,21 +121,14 @@ pub trait Layer: Send + Sync + Debug {
 
     /// Visits the same state as [`visit_state`](Self::visit_state), in the layout the layer
     /// stores it, without copies; the flag is set for a tensor stored as the transpose of its
-    /// PyTorch layout (a parameter for which [`param_transposed`](Self::param_transposed)
-    /// holds). For consumers that transpose only what they need (a checkpoint writes each
-    /// weight once) or need no layout at all (saving and restoring gradients). The default
-    /// is `visit_state` with the flag clear; a layer that overrides
-    /// [`visit_params`](Self::visit_params) for its layout overrides this too.
+    /// 2-D PyTorch layout, which is also the layout [`visit_params`](Self::visit_params)
+    /// hands out and anything kept beside it (an optimizer's moments) must be transposed
+    /// from on its way to a file. For consumers that transpose only what they need (a
+    /// checkpoint writes each weight once) or need no layout at all (saving and restoring
+    /// gradients). The default is `visit_state` with the flag clear; a layer that overrides
+    /// `visit_params` for its layout overrides this too.
     fn visit_stored_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>, bool)) {
         self.visit_state(&mut |suffix, state| f(suffix, state, false));
-    }
-
-    /// Whether the parameter `suffix` is stored as the transpose of its 2-D PyTorch layout:
-    /// [`visit_params`](Self::visit_params) then hands it out transposed,
-    /// [`visit_state`](Self::visit_state) as PyTorch has it, and anything kept beside it in
-    /// the storage layout (an optimizer's moments) must be transposed on its way to a file.
-    fn param_transposed(&self, _suffix: &str) -> bool {
-        false
     }
 
     /// Multiply-adds of one training forward for one sample (primal only), for throughput

@@ -610,16 +610,6 @@ impl Model {
         }
     }
 
-    /// Whether the parameter `name` (as [`visit_params`](Self::visit_params) names it) is
-    /// stored as the transpose of its PyTorch layout (see [`Layer::param_transposed`]).
-    pub fn param_transposed(&self, name: &str) -> bool {
-        self.blocks.iter().flat_map(|b| &b.layers).any(|layer| {
-            name.strip_prefix(layer.name())
-                .and_then(|rest| rest.strip_prefix('.'))
-                .is_some_and(|suffix| layer.param_transposed(suffix))
-        })
-    }
-
     /// The number of trainable scalars.
     pub fn param_count(&mut self) -> usize {
         let mut count = 0;

@@ -194,12 +194,16 @@ fn visit_moments(
     }
 }
 
-/// Which parameters of the forward group are stored as the transpose of their PyTorch layout.
-fn flipped(model: &Model, group: &[Spec]) -> Vec<bool> {
-    group
-        .iter()
-        .map(|s| model.param_transposed(&s.name))
-        .collect()
+/// Which parameters of the forward group are stored as the transpose of their PyTorch
+/// layout, as [`Model::visit_stored_state`] flags them.
+fn flipped(model: &mut Model, group: &[Spec]) -> Vec<bool> {
+    let mut transposed = Vec::new();
+    model.visit_stored_state(&mut |name, _, flag| {
+        if flag {
+            transposed.push(name.to_string());
+        }
+    });
+    group.iter().map(|s| transposed.contains(&s.name)).collect()
 }
 
 /// Saves a model's state (parameters, buffers, counters) to the safetensors file `path`,
@@ -314,7 +318,7 @@ fn save(
     let tensors = format!("{TENSORS_STEM}{generation:06}{TENSORS_EXT}");
     let forward = forward_group(trainer);
     let learned = feedback_group(trainer);
-    let forward_flips = flipped(&trainer.model, &forward);
+    let forward_flips = flipped(&mut trainer.model, &forward);
     let learned_flips = vec![false; learned.len()];
     if !group_complete(&trainer.forward_opt, &forward)
         || !group_complete(&trainer.feedback_opt, &learned)
@@ -509,7 +513,7 @@ pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
         .map(|s| tensors.tensor(&s.name, &s.shape))
         .collect::<Result<_>>()?;
     let forward_specs = forward_group(trainer);
-    let forward_flips = flipped(&trainer.model, &forward_specs);
+    let forward_flips = flipped(&mut trainer.model, &forward_specs);
     let forward = stage_moments(
         &tensors,
         FORWARD_PREFIX,
