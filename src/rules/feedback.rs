@@ -90,14 +90,8 @@ impl Feedback {
     pub fn deliver(&self, model: &mut Model, logits_grad: &Tensor) -> Result<()> {
         model.backward_local(&|target, out| {
             match target {
-                None if out.shape() == logits_grad.shape() => out.assign(logits_grad),
-                None => {
-                    return Err(crate::Error::shape(
-                        "logits gradient",
-                        format!("{:?}", out.shape()),
-                        logits_grad.shape(),
-                    ));
-                }
+                // A gradient of the wrong shape is the output layer's error to report.
+                None => out.assign(logits_grad),
                 Some(l) => {
                     let b = self.matrices[l].value.matrix();
                     if logits_grad.batch() != out.batch() || b.nrows() != logits_grad.row_len() {
