@@ -77,37 +77,6 @@ macro_rules! with_kernel_size {
     };
 }
 
-/// `op(&mut dst[i], src[i])` for `i < k`, with constant lengths for the usual kernel sizes:
-/// a run-time length this short costs a `memcpy` call or a loop set-up per row.
-#[inline(always)]
-fn zip_row(dst: &mut [f32], src: &[f32], k: usize, op: impl Fn(&mut f32, f32)) {
-    #[inline(always)]
-    fn fixed<const K: usize>(dst: &mut [f32], src: &[f32], op: impl Fn(&mut f32, f32)) {
-        for (d, &s) in dst[..K].iter_mut().zip(&src[..K]) {
-            op(d, s);
-        }
-    }
-    match k {
-        1 => fixed::<1>(dst, src, op),
-        2 => fixed::<2>(dst, src, op),
-        3 => fixed::<3>(dst, src, op),
-        5 => fixed::<5>(dst, src, op),
-        7 => fixed::<7>(dst, src, op),
-        11 => fixed::<11>(dst, src, op),
-        _ => {
-            for (d, &s) in dst[..k].iter_mut().zip(&src[..k]) {
-                op(d, s);
-            }
-        }
-    }
-}
-
-/// `dst[..k] += src[..k]`.
-#[inline(always)]
-fn add_row(dst: &mut [f32], src: &[f32], k: usize) {
-    zip_row(dst, src, k, |d, s| *d += s);
-}
-
 /// `dst.copy_from_slice(src)` for the short rows of an image (a few dozen values), in
 /// blocks of 8 that compile to vector moves: `copy_from_slice` of a run-time length calls
 /// `memcpy`, whose set-up cost as much as the copy (a tenth of a CNN step went there).
@@ -232,7 +201,13 @@ fn im2col_k<const K: usize>(g: &Geometry, input: &[f32], cols: &mut [f32]) {
 pub(crate) fn col2im_add(g: &Geometry, cols: &[f32], grad_input: &mut [f32]) {
     debug_assert_eq!(grad_input.len(), g.in_len());
     debug_assert_eq!(cols.len(), g.out_pixels() * g.patch_len());
-    let (k, pl) = (g.kernel, g.patch_len());
+    with_kernel_size!(g.kernel, col2im_add_k(g, cols, grad_input));
+}
+
+/// [`col2im_add`] for kernel size `K` (`0`: `g.kernel`).
+fn col2im_add_k<const K: usize>(g: &Geometry, cols: &[f32], grad_input: &mut [f32]) {
+    let k = if K == 0 { g.kernel } else { K };
+    let pl = g.patch_len();
     for oy in 0..g.out_h {
         for ox in 0..g.out_w {
             let row = &cols[(oy * g.out_w + ox) * pl..][..pl];
@@ -245,7 +220,10 @@ pub(crate) fn col2im_add(g: &Geometry, cols: &[f32], grad_input: &mut [f32]) {
                 if interior {
                     let (y0, x0) = (y0 as usize, x0 as usize);
                     for ky in 0..k {
-                        add_row(&mut plane[(y0 + ky) * g.w + x0..], &src[ky * k..], k);
+                        let dst = &mut plane[(y0 + ky) * g.w + x0..][..k];
+                        for (d, s) in dst.iter_mut().zip(&src[ky * k..][..k]) {
+                            *d += s;
+                        }
                     }
                     continue;
                 }
