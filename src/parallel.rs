@@ -39,7 +39,7 @@ pub(crate) fn par_chunks_mut<T, F>(
 ///
 /// A parallel kernel called from outside the pool hands its work to the workers and puts the
 /// caller to sleep until they are done: two context switches for every kernel, dozens per
-/// training step, which cost FC-2 about a sixth of its step time on 2 cores. The crate's
+/// training step, a cost that rivals a small network's arithmetic. The crate's
 /// entry points (a rule's `step`, [`Model`](crate::model::Model)'s passes, the optimizers'
 /// `step`) each enter the pool once through this function, so that the kernels inside fork
 /// and join among workers that are already awake. A training loop of your own gets the same

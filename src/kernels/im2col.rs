@@ -79,7 +79,7 @@ macro_rules! with_kernel_size {
 
 /// `dst.copy_from_slice(src)` for the short rows of an image (a few dozen values), in
 /// blocks of 8 that compile to vector moves: `copy_from_slice` of a run-time length calls
-/// `memcpy`, whose set-up cost as much as the copy (a tenth of a CNN step went there).
+/// `memcpy`, whose set-up costs as much as a copy this short.
 #[inline(always)]
 fn copy_short(dst: &mut [f32], src: &[f32]) {
     let mut d = dst.chunks_exact_mut(8);

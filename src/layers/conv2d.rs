@@ -353,8 +353,8 @@ impl Layer for Conv2d {
         }
         if let Some(bias) = &mut self.bias {
             bias.grad.resize(&[c_out]);
-            // One task per channel, samples added in order: a one-accumulator sum over a
-            // CNN's gradient (a million values) waited on every addition for ~1 ms.
+            // One task per channel, samples added in order: a single accumulator over a whole
+            // gradient would wait on every addition in turn.
             let g = grad_output.data();
             par_chunks_mut(bias.grad.data_mut(), 1, 1, n * c_out * p, |ch, b| {
                 b[0] = 0.0;

@@ -134,7 +134,7 @@ fn pool_plane<const K: usize>(
 
 /// [`pool_plane`] for any window size. It is a separate body because a run-time size rules
 /// out `pool_plane`'s array of row slices, which is what lets the compiler drop its bounds
-/// checks: one body with a run-time size for both made the CNN's step 10% slower.
+/// checks, so one body with a run-time size for both would slow the usual sizes down.
 fn pool_plane_any(
     plane: &[f32],
     kernel: usize,
