@@ -91,8 +91,8 @@ fn read_batch_into(
             path,
             DataErrorKind::SizeMismatch {
                 detail: format!(
-                    "too long: {len} bytes are {whole} records of {record} bytes and {rem} \
-                     byte(s) more"
+                    "too long: {len} bytes, {rem} more than {whole} whole record(s) of \
+                     {record} bytes"
                 ),
             },
         ));

@@ -400,7 +400,7 @@ impl Tensors {
                     &self.path,
                     format!(
                         "tensor `{name}` holds a negative value ({v}) at index {index}; a \
-                         variance cannot be negative"
+                         variance or a second moment cannot be negative"
                     ),
                 ));
             }
