@@ -9,15 +9,15 @@
 #
 # Environment: KILLS (default 40), SOAK_SEED (the random moments; default: the time),
 # MAX_DELAY_MS (longest a run lives before its kill; default 1500), and the run's size:
-# TRAIN_SAMPLES (default 4096), EPOCHS (default 3), CHECKPOINT_EVERY (default 8 batches).
+# TRAIN_SAMPLES (default 60000), EPOCHS (default 2), CHECKPOINT_EVERY (default 8 batches).
 # Run from the repository's root; needs bash, sha256sum and the MNIST files in data/mnist.
 set -euo pipefail
 
 kills=${KILLS:-40}
 seed=${SOAK_SEED:-$(date +%s)}
 max_delay=${MAX_DELAY_MS:-1500}
-train=${TRAIN_SAMPLES:-4096}
-epochs=${EPOCHS:-3}
+train=${TRAIN_SAMPLES:-60000}
+epochs=${EPOCHS:-2}
 every=${CHECKPOINT_EVERY:-8}
 RANDOM=$seed
 

@@ -73,7 +73,7 @@ fn parse_bytes(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     let v: f64 = num.trim().parse().ok()?;
-    (v.is_finite() && v >= 0.0).then(|| (v * scale as f64) as u64)
+    (v.is_finite() && v >= 0.0).then_some((v * scale as f64) as u64)
 }
 
 /// Bytes in words: `204.8 GB`.

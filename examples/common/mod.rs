@@ -417,7 +417,7 @@ fn run(
     }
     let (train, test) = load_data(dataset, args)?;
     for (flag, source) in [("--train-samples", &train), ("--test-samples", &test)] {
-        if source.len() == 0 {
+        if source.is_empty() {
             return Err(refused(flag, "leaves no sample to train or test on".into()));
         }
     }
@@ -470,14 +470,14 @@ fn run(
     let (log_path, dir) = match (&args.resume, resume) {
         (Some(dir), Some(saved)) => {
             for key in DATA_FACTS {
-                if let (Some(was), Some(now)) = (saved.settings.get(key), settings.get(key)) {
-                    if was != now {
-                        return Err(fdfa::Error::Incompatible {
-                            setting: format!("{key} (--data-dir)"),
-                            saved: was.clone(),
-                            requested: now.clone(),
-                        });
-                    }
+                if let (Some(was), Some(now)) = (saved.settings.get(key), settings.get(key))
+                    && was != now
+                {
+                    return Err(fdfa::Error::Incompatible {
+                        setting: format!("{key} (--data-dir)"),
+                        saved: was.clone(),
+                        requested: now.clone(),
+                    });
                 }
             }
             _lock = match args.dry_run {
