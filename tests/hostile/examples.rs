@@ -4,6 +4,7 @@
 //! (item 6), data that does not fit the run (item 8), and the resume message (item 10).
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -198,6 +199,42 @@ fn a_second_process_on_the_same_checkpoint_is_refused() {
         "--epochs",
         "2",
     ]));
+}
+
+#[test]
+fn two_processes_resuming_one_checkpoint_at_once_let_one_through() {
+    let tmp = TempDir::new("two-processes");
+    let stdout = run_ok(&small(tmp.path(), &["--epochs", "1"]));
+    let ckpt = checkpoint_of(&stdout);
+    let ckpt_arg = ckpt.to_str().unwrap();
+    let mut first = Command::new(mnist_example())
+        .args(["--resume", ckpt_arg, "--epochs", "100000"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // It prints `resuming from` once it holds the lock.
+    let mut reader = BufReader::new(first.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("resuming from") {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "the first resume ended"
+        );
+    }
+    let stderr = run_err(&strings(&["--resume", ckpt_arg, "--epochs", "3"]));
+    assert!(
+        stderr.contains(&format!(
+            "error: checkpoint {}: in use by another run",
+            ckpt.display()
+        )),
+        "{stderr}"
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    // The operating system released the killed process's lock.
+    run_ok(&strings(&["--resume", ckpt_arg, "--epochs", "3"]));
 }
 
 /// Runs the example under a file-size limit of `kib` KiB, as a full disk would stop it (with
