@@ -11,12 +11,19 @@
 //!   moments are `[out, in]`, though the layer keeps the weight as `[in, out]`);
 //! - `state.json` holds the rest: the rule, the network's layout, the training settings, the
 //!   learning-rate schedule, the optimizers' step counts and hyper-parameters, the position
-//!   (epoch, batch, running loss), the rule's random generator, the epoch records, and a
-//!   [`RunInfo`] (the caller's settings and the path of the run's log).
+//!   (epoch, batch, running loss), the rule's random generator, the epoch records, a
+//!   [`RunInfo`] (the caller's settings and the name of the run's log), the SHA-256 of the
+//!   tensor file (`tensors_sha256`) and that of `state.json` itself (`state_sha256`, the hash
+//!   of the file as written with this value set to 64 zeros).
 //!
-//! Every file is written atomically (temporary file, `fsync`, rename, `fsync` of the folder)
-//! and `state.json` is written last and names its tensor file: a crash at any point of a save
-//! leaves the previous checkpoint whole. Loading checks everything before it changes anything.
+//! Every file is written atomically (temporary file, `fsync`, rename, `fsync` of the folder;
+//! a failed write removes its temporary file) and `state.json` is written last and names its
+//! tensor file: a crash at any point of a save leaves the previous checkpoint whole. Loading
+//! checks everything before it changes anything: the tensor file's header against its
+//! length before any data is read, every tensor against the saved layout (none missing,
+//! none extra), every value, and last both checksums, so that damage no other check can see
+//! is refused too. A checkpoint written before checksums loads unverified
+//! ([`has_checksums`] tells). A process using a folder holds its [`CheckpointLock`].
 //!
 //! In PyTorch:
 //!
@@ -108,7 +115,9 @@ const TENSORS_EXT: &str = ".safetensors";
 pub struct RunInfo {
     /// Settings by name, e.g. `dataset = mnist`, `train-mode = FDFA`.
     pub settings: BTreeMap<String, String>,
-    /// The CSV log the run appends to.
+    /// The run's CSV log as the caller recorded it (the examples record its file name; the
+    /// log lives next to the checkpoint folder). A checkpoint is input: fdfa never writes
+    /// to this path, and a caller should not either without checking where it points.
     pub log: Option<PathBuf>,
 }
 
@@ -237,10 +246,13 @@ pub fn save_model(path: &Path, model: &mut Model) -> Result<()> {
 /// have (feedback matrices, optimizer moments) are ignored. Nothing changes unless every
 /// tensor is valid.
 ///
+/// Only the header and the model's own tensors are read.
+///
 /// # Errors
-/// [`Error::Io`] when the file cannot be read; [`Error::Checkpoint`] for a file that is not
-/// valid safetensors (truncated, a corrupt header) and for a tensor of the model that is
-/// missing, has another dtype or shape, or holds a non-finite value, naming the tensor.
+/// [`Error::Io`] when the file cannot be read; [`Error::Checkpoint`] for something other
+/// than a regular file, a file that is not valid safetensors (truncated, too long, a
+/// corrupt header) and for a tensor of the model that is missing, has another dtype or
+/// shape, or holds a non-finite value (or a negative running variance), naming the tensor.
 pub fn load_model(path: &Path, model: &mut Model) -> Result<()> {
     let specs = model_specs(model);
     let tensors = Header::open(path)?.read_some(&wanted(path, &specs)?)?;
@@ -550,8 +562,10 @@ fn stage_moments(
 /// # Errors
 /// [`Error::Io`] when a file cannot be read; [`Error::Incompatible`] naming the setting
 /// (`rule`, `network`, `feedback`, `lr`, ...) in which the trainer differs from the saved
-/// run; [`Error::Checkpoint`] for malformed files: invalid JSON, a tensor file that is not
-/// valid safetensors, a tensor that is missing, misshapen, of another dtype or not finite.
+/// run; [`Error::Checkpoint`] for malformed files: something other than a regular file,
+/// invalid JSON, a tensor file that is not valid safetensors (truncated, too long), a
+/// tensor that is missing, extra, misshapen, of another dtype, not finite or (a variance, a
+/// second moment) negative, and files that do not match their recorded SHA-256 (damaged).
 pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
     let state_path = dir.join(STATE_FILE);
     let (state, integrity) = read_state(dir)?;
