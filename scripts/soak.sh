@@ -23,7 +23,7 @@ RANDOM=$seed
 
 cargo build --release --quiet --example mnist
 bin=target/release/examples/mnist
-work=$(mktemp -d "${TMPDIR:-/tmp}/fdfa-soak.XXXXXX")
+work=$(mktemp -d -t fdfa-soak.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 
 flags=(--train-samples "$train" --test-samples 512 --n-layers 1 --seed 11 --epochs "$epochs"
