@@ -10,7 +10,7 @@ mod common;
 use fdfa::data::DatasetName;
 
 fn main() {
-    common::main_with(DatasetName::Cifar10, |args, rng| {
+    common::main_with(DatasetName::Cifar10, Some(1000), |args, rng| {
         if args.conv {
             fdfa::model::shallow_cnn(&[3, 32, 32], 10, rng)
         } else {

@@ -10,7 +10,7 @@ mod common;
 use fdfa::data::DatasetName;
 
 fn main() {
-    common::main_with(DatasetName::Cifar100, |_, rng| {
+    common::main_with(DatasetName::Cifar100, None, |_, rng| {
         fdfa::model::alexnet_bn(100, rng)
     });
 }

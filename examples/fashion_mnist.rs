@@ -10,7 +10,7 @@ mod common;
 use fdfa::data::DatasetName;
 
 fn main() {
-    common::main_with(DatasetName::FashionMnist, |args, rng| {
+    common::main_with(DatasetName::FashionMnist, Some(800), |args, rng| {
         if args.conv {
             fdfa::model::shallow_cnn(&[1, 28, 28], 10, rng)
         } else {

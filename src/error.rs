@@ -140,6 +140,18 @@ pub enum DataErrorKind {
         /// The decoder's message.
         detail: String,
     },
+    /// The path names something other than a regular file (a folder, a FIFO, a device).
+    #[error("is {found}, not a regular file")]
+    NotRegular {
+        /// What is there, e.g. `a FIFO (named pipe)`.
+        found: String,
+    },
+    /// The file is well formed but holds nothing to train or test on.
+    #[error("holds no {what}")]
+    Empty {
+        /// What it should hold, e.g. `images (the header's count is 0)`.
+        what: String,
+    },
     /// The decompressed content does not have the published checksum.
     #[error("checksum mismatch: expected {expected}, got {got}")]
     Checksum {

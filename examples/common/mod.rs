@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+mod budget;
 mod download;
+mod run_dir;
 mod train_loop;
 
 use std::path::PathBuf;
@@ -18,7 +20,7 @@ use fdfa::data::{Augmented, CIFAR100_SIZE, DataSource, DatasetName};
 use fdfa::diagnostics::{AlignmentLog, MeasureConfig, alignment_log_path};
 use fdfa::model::Model;
 use fdfa::rules::RuleKind;
-use fdfa::train::checkpoint::{self, RunInfo};
+use fdfa::train::checkpoint::{self, CheckpointLock, RunInfo};
 use fdfa::train::{CsvLog, TrainConfig, Trainer};
 
 use train_loop::position;
@@ -35,6 +37,9 @@ pub const FREE_ON_RESUME: [&str; 7] = [
     "threads",
     "checkpoint-every",
 ];
+/// What a checkpoint records about the dataset (`<n> samples of <shape>`), checked on resume
+/// rather than compared as flags: `--data-dir` may change, the data it points at may not.
+const DATA_FACTS: [&str; 2] = ["train-data", "test-data"];
 /// Flags that describe one invocation rather than the run: neither saved nor adopted.
 const NOT_SAVED: [&str; 3] = ["resume", "dry-run", "inject-nan-at-batch"];
 /// Flags without a value.
@@ -139,6 +144,9 @@ pub struct Args {
     /// (default: all); each costs one backward pass per class.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub alignment_jacobian_samples: Option<u64>,
+    /// Whether `--log-dir` was given on this command line (not taken from a checkpoint).
+    #[arg(skip)]
+    pub log_dir_given: bool,
 }
 
 fn non_negative(s: &str) -> Result<f32, String> {
@@ -260,7 +268,9 @@ pub fn timestamp() -> String {
 pub fn parse_args(dataset: DatasetName) -> Result<(Args, Option<RunInfo>), String> {
     let argv: Vec<OsString> = std::env::args_os().collect();
     let matches = Args::command().get_matches_from(&argv);
-    let args = Args::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let mut args = Args::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    let log_dir_given = matches.value_source("log_dir") == Some(ValueSource::CommandLine);
+    args.log_dir_given = log_dir_given;
     let Some(dir) = args.resume.clone() else {
         return Ok((args, None));
     };
@@ -281,10 +291,12 @@ pub fn parse_args(dataset: DatasetName) -> Result<(Args, Option<RunInfo>), Strin
             merged.push(format!("--{key}").into());
         }
     }
-    let args = Args::try_parse_from(merged)
+    let mut args = Args::try_parse_from(merged)
         .map_err(|e| format!("the settings saved in {}: {e}", dir.display()))?;
+    args.log_dir_given = log_dir_given;
+    let free: Vec<&str> = FREE_ON_RESUME.iter().chain(&DATA_FACTS).copied().collect();
     saved
-        .check_settings(&args.settings(dataset), &FREE_ON_RESUME)
+        .check_settings(&args.settings(dataset), &free)
         .map_err(|e| e.to_string())?;
     Ok((args, Some(saved)))
 }
@@ -292,8 +304,13 @@ pub fn parse_args(dataset: DatasetName) -> Result<(Args, Option<RunInfo>), Strin
 /// Parses the flags, loads the dataset, builds the network with `build`, trains and logs,
 /// saving checkpoints. Exits with a message (not a panic) on any error, naming the last good
 /// checkpoint; exits cleanly (status 0) after a checkpoint when Ctrl-C is pressed.
+///
+/// `fc_width` is the width of the hidden layers of the fully connected network `build`
+/// makes without `--conv` (`None` when it ignores `--n-layers`), so that an absurd
+/// `--n-layers` is refused before the network is allocated.
 pub fn main_with(
     dataset: DatasetName,
+    fc_width: Option<usize>,
     build: impl Fn(&Args, &mut fdfa::init::Rng) -> fdfa::Result<Model>,
 ) {
     let stop = Arc::new(AtomicBool::new(false));
@@ -316,7 +333,15 @@ pub fn main_with(
         }
     };
     let mut last_good = args.resume.clone();
-    if let Err(e) = run(dataset, &args, resume, build, &stop, &mut last_good) {
+    if let Err(e) = run(
+        dataset,
+        &args,
+        resume,
+        fc_width,
+        build,
+        &stop,
+        &mut last_good,
+    ) {
         eprintln!("error: {e}");
         match last_good {
             Some(dir) => eprintln!(
@@ -356,23 +381,74 @@ fn load_data(
     })
 }
 
+/// A flag's value refused before anything large is allocated.
+fn refused(flag: &'static str, reason: String) -> fdfa::Error {
+    fdfa::Error::InvalidConfig {
+        layer: "command line".to_string(),
+        field: flag,
+        reason,
+    }
+}
+
+/// `60000 samples of 1x28x28`.
+fn describe(source: &dyn DataSource) -> String {
+    let shape: Vec<String> = source
+        .sample_shape()
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    format!("{} samples of {}", source.len(), shape.join("x"))
+}
+
 fn run(
     dataset: DatasetName,
     args: &Args,
     resume: Option<RunInfo>,
+    fc_width: Option<usize>,
     build: impl Fn(&Args, &mut fdfa::init::Rng) -> fdfa::Result<Model>,
     stop: &AtomicBool,
     last_good: &mut Option<PathBuf>,
 ) -> fdfa::Result<Outcome> {
-    if let Some(t) = args.threads {
+    if let Some(t) = budget::threads(args) {
         // Only fails when a global pool already exists, which cannot happen this early.
         let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(t as usize)
+            .num_threads(t)
             .build_global();
     }
     let (train, test) = load_data(dataset, args)?;
+    for (flag, source) in [("--train-samples", &train), ("--test-samples", &test)] {
+        if source.is_empty() {
+            return Err(refused(flag, "leaves no sample to train or test on".into()));
+        }
+    }
+    if let (false, Some(width)) = (args.conv, fc_width) {
+        let input = train.sample_shape().iter().product();
+        budget::check_fc(args, dataset, input, width).map_err(|(flag, e)| refused(flag, e))?;
+    }
     let mut rng = fdfa::init::rng(args.seed);
     let mut model = build(args, &mut rng)?;
+    if train.sample_shape() != model.input_shape() {
+        let dir = fdfa::data::locate(dataset, args.data_dir.as_deref())
+            .unwrap_or_else(|_| args.data_dir.clone().unwrap_or_default());
+        let dims = |s: &[usize]| {
+            s.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("x")
+        };
+        return Err(fdfa::Error::Data {
+            path: dir,
+            kind: fdfa::DataErrorKind::SizeMismatch {
+                detail: format!(
+                    "the images are {}, but the network takes {}",
+                    dims(&train.sample_shape()),
+                    dims(model.input_shape())
+                ),
+            },
+        });
+    }
+    budget::check(args, &mut model, train.len(), test.len())
+        .map_err(|(flag, e)| refused(flag, e))?;
     let rule = args
         .train_mode
         .build(&model, args.directions as usize, &mut rng)?;
@@ -385,27 +461,91 @@ fn run(
         fdfa::parallel::threads()
     );
     let mut trainer = Trainer::new(model, rule, args.train_config())?;
-    let stem = args
-        .log_dir
-        .join(args.train_mode.as_str())
-        .join(timestamp());
+    let mut settings = args.settings(dataset);
+    settings.insert(DATA_FACTS[0].to_string(), describe(&*train));
+    settings.insert(DATA_FACTS[1].to_string(), describe(&*test));
+    let mode = args.train_mode.as_str();
+    // Held until the run ends: no other process may train into or resume the same folder.
+    let _lock: Option<CheckpointLock>;
     let (log_path, dir) = match (&args.resume, resume) {
         (Some(dir), Some(saved)) => {
+            for key in DATA_FACTS {
+                if let (Some(was), Some(now)) = (saved.settings.get(key), settings.get(key))
+                    && was != now
+                {
+                    return Err(fdfa::Error::Incompatible {
+                        setting: format!("{key} (--data-dir)"),
+                        saved: was.clone(),
+                        requested: now.clone(),
+                    });
+                }
+            }
+            _lock = match args.dry_run {
+                true => None,
+                false => Some(CheckpointLock::acquire(dir)?),
+            };
+            if let Some(lock) = &_lock {
+                let removed = checkpoint::remove_temporaries(lock)?;
+                if !removed.is_empty() {
+                    println!(
+                        "removed {} temporary file(s) of an interrupted save",
+                        removed.len()
+                    );
+                }
+            }
+            if !checkpoint::has_checksums(dir)? {
+                eprintln!(
+                    "warning: {} has no checksums (saved by an older fdfa): damage to its \
+                     files cannot be detected; the next checkpoint will have them",
+                    dir.display()
+                );
+            }
             checkpoint::load_trainer(dir, &mut trainer)?;
+            let batches = train.len().div_ceil(args.batch_size as usize);
+            if trainer.progress().batch > batches {
+                return Err(fdfa::Error::Checkpoint {
+                    path: dir.join(checkpoint::STATE_FILE),
+                    reason: format!(
+                        "`progress.batch` is {}, but an epoch of this run has {batches} batches",
+                        trainer.progress().batch
+                    ),
+                });
+            }
             println!("resuming from {} ({})", dir.display(), position(&trainer));
             if trainer.finished() {
                 println!(
-                    "nothing to train: the run has done its {} epoch(s); ask for more with --epochs",
+                    "nothing to train: the run has done {} epoch(s) and --epochs asks for {}; \
+                     ask for more with --epochs",
+                    trainer.progress().epoch,
                     args.epochs
                 );
+                return Ok(Outcome::Finished);
             }
-            let log = saved.log.unwrap_or_else(|| stem.with_extension("csv"));
-            (log, dir.clone())
+            let given = args.log_dir_given.then_some(args.log_dir.as_path());
+            let log = run_dir::resumed_log(dir, given, mode)?;
+            (log, (!args.dry_run).then(|| dir.clone()))
         }
-        _ => (stem.with_extension("csv"), stem.with_extension("ckpt")),
+        _ => {
+            let folder = args.log_dir.join(mode);
+            let (csv, ckpt) = run_dir::reserve(&folder, &timestamp(), args.dry_run)?;
+            _lock = ckpt.as_deref().map(CheckpointLock::acquire).transpose()?;
+            (csv, ckpt)
+        }
     };
-    let mut log = CsvLog::rewrite(&log_path, &trainer.progress().records)?;
-    println!("logging to {}", log_path.display());
+    // A dry run of a resumed run leaves the run's files as they are.
+    let touch = !(args.dry_run && args.resume.is_some());
+    let mut log = match touch {
+        true => Some(CsvLog::rewrite(&log_path, &trainer.progress().records)?),
+        false => None,
+    };
+    if touch {
+        println!("logging to {}", log_path.display());
+    } else {
+        println!(
+            "dry run: {} and the checkpoint stay as they are",
+            log_path.display()
+        );
+    }
     let alignment = match args.measure_alignment {
         Some(every) => {
             let config = MeasureConfig {
@@ -414,20 +554,33 @@ fn run(
             };
             trainer.measure_alignment(every as usize, config)?;
             let path = alignment_log_path(&log_path);
-            println!("alignment every {every} batches to {}", path.display());
-            Some(AlignmentLog::open(&path)?)
+            match touch {
+                true => {
+                    println!("alignment every {every} batches to {}", path.display());
+                    Some(AlignmentLog::open(&path)?)
+                }
+                false => None,
+            }
         }
         None => None,
     };
     let mut saving = Saving {
-        dir: (!args.dry_run).then_some(dir),
+        dir,
         run: RunInfo {
-            settings: args.settings(dataset),
-            log: Some(log_path),
+            settings,
+            // The name only: the log lives next to the checkpoint folder.
+            log: log_path.file_name().map(PathBuf::from),
         },
         stop,
         last_good,
         alignment,
     };
-    train_loop_with(&mut trainer, &*train, &*test, &mut log, args, &mut saving)
+    train_loop_with(
+        &mut trainer,
+        &*train,
+        &*test,
+        log.as_mut(),
+        args,
+        &mut saving,
+    )
 }

@@ -105,6 +105,7 @@ pub fn train_loop(
     log: &mut CsvLog,
     args: &Args,
 ) -> fdfa::Result<Outcome> {
+    let log = Some(log);
     let (stop, mut last_good) = (AtomicBool::new(false), None);
     let mut saving = Saving {
         dir: None,
@@ -118,12 +119,12 @@ pub fn train_loop(
 
 /// Epochs with a progress bar, a line per epoch, a CSV row and a checkpoint per epoch,
 /// checkpoints every `--checkpoint-every` batches, and a checkpoint and a clean stop on
-/// Ctrl-C.
+/// Ctrl-C. Without a `log` no row is written (a dry run of a resumed run).
 pub fn train_loop_with(
     trainer: &mut Trainer,
     train: &dyn DataSource,
     test: &dyn DataSource,
-    log: &mut CsvLog,
+    mut log: Option<&mut CsvLog>,
     args: &Args,
     saving: &mut Saving<'_>,
 ) -> fdfa::Result<Outcome> {
@@ -217,7 +218,9 @@ pub fn train_loop_with(
             record.test_accuracy,
             samples as f64 / elapsed.max(1e-9)
         );
-        log.append(&record)?;
+        if let Some(log) = log.as_deref_mut() {
+            log.append(&record)?;
+        }
         if args.dry_run {
             break;
         }

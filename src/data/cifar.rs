@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::Dataset;
+use super::regular::open_data;
 use crate::error::{DataErrorKind, Error, Result};
 
 /// Shape of a CIFAR image.
@@ -81,14 +82,26 @@ fn read_batch_into(
     pixels: &mut Vec<u8>,
     labels: &mut Vec<u32>,
 ) -> Result<()> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
-    let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let (file, len) = open_data(path)?;
     let record = layout.record() as u64;
-    if len == 0 || len % record != 0 {
+    let (whole, rem) = (len / record, len % record);
+    // A few bytes past whole records were appended; most of a record is one cut short.
+    if whole > 0 && rem > 0 && rem < record / 2 {
+        return Err(Error::data(
+            path,
+            DataErrorKind::SizeMismatch {
+                detail: format!(
+                    "too long: {len} bytes, {rem} more than {whole} whole record(s) of \
+                     {record} bytes"
+                ),
+            },
+        ));
+    }
+    if len == 0 || rem != 0 {
         return Err(Error::data(
             path,
             DataErrorKind::Truncated {
-                expected: (len / record + 1) * record,
+                expected: (whole + 1) * record,
                 found: len,
             },
         ));

@@ -9,13 +9,13 @@
 //!   decompression reads at most the announced size plus one byte, so neither a gzip bomb nor
 //!   a lying header makes the reader allocate more than the header announces.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
 
 use super::Dataset;
+use super::regular::{open_data, probe};
 use crate::error::{DataErrorKind, Error, Result};
 
 /// Magic number of an IDX file of unsigned bytes with three dimensions (images).
@@ -43,8 +43,7 @@ struct Source {
 
 impl Source {
     fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).map_err(|e| Error::io(path, e))?;
-        let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let (file, file_len) = open_data(path)?;
         let mut file = BufReader::new(file);
         let mut magic = [0u8; 2];
         let got = read_full(&mut file, &mut magic).map_err(|e| Error::io(path, e))?;
@@ -270,11 +269,12 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// The path of `base` in `dir`, compressed (`base.gz`) or not; the compressed one wins when
-/// both exist.
+/// both exist. Anything there counts, not only a regular file, so that a folder, a FIFO or a
+/// symbolic link loop in a file's place is reported as such when it is opened.
 pub(crate) fn find_idx_file(dir: &Path, base: &str) -> Option<PathBuf> {
     [dir.join(format!("{base}.gz")), dir.join(base)]
         .into_iter()
-        .find(|p| p.is_file())
+        .find(|p| !matches!(probe(p), Ok(None)))
 }
 
 fn require_idx_file(dir: &Path, base: &str) -> Result<PathBuf> {
@@ -294,6 +294,14 @@ fn load_split(dir: &Path, split: &str) -> Result<Dataset> {
     let images_path = require_idx_file(dir, &format!("{split}-images-idx3-ubyte"))?;
     let labels_path = require_idx_file(dir, &format!("{split}-labels-idx1-ubyte"))?;
     let (pixels, n, rows, cols) = read_idx_images(&images_path)?;
+    if n == 0 {
+        return Err(Error::data(
+            &images_path,
+            DataErrorKind::Empty {
+                what: "images (the header's count is 0)".to_string(),
+            },
+        ));
+    }
     let labels = read_idx_labels(&labels_path)?;
     if labels.len() != n {
         return Err(Error::data(
@@ -335,8 +343,10 @@ fn load_split(dir: &Path, split: &str) -> Result<Dataset> {
 /// [`Error::Io`] when a file is missing or unreadable; [`Error::Data`] naming the file when
 /// a file is malformed (see [`read_idx_images`]), when the number of labels differs from the
 /// number of images ([`DataErrorKind::SizeMismatch`]) or a label is not below 10
-/// ([`DataErrorKind::LabelOutOfRange`]); [`Error::InvalidConfig`] for images with zero rows
-/// or columns.
+/// ([`DataErrorKind::LabelOutOfRange`]), an images file holding no image
+/// ([`DataErrorKind::Empty`]), and something other than a regular file in a file's place
+/// ([`DataErrorKind::NotRegular`]); [`Error::InvalidConfig`] for images with zero rows or
+/// columns.
 ///
 /// ```
 /// # fn main() -> fdfa::Result<()> {

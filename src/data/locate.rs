@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 use super::cifar::{CIFAR10_TEST, CIFAR10_TRAIN, CIFAR100_TEST, CIFAR100_TRAIN};
 use super::idx::find_idx_file;
+use super::regular::probe;
 use super::{Augmented, DataSource, Dataset, load_cifar10, load_cifar100, load_mnist};
 use crate::error::{Error, Result};
 
@@ -87,7 +88,9 @@ impl DatasetName {
         }
     }
 
-    /// Whether `dir` holds all the dataset's files.
+    /// Whether `dir` holds all the dataset's files. Something in a file's place that is not a
+    /// regular file (a folder, a FIFO, a symbolic link loop) counts, so that loading names it
+    /// rather than reporting the dataset as missing.
     ///
     /// ```
     /// use fdfa::data::DatasetName;
@@ -103,10 +106,10 @@ impl DatasetName {
             Self::Cifar10 => CIFAR10_TRAIN
                 .iter()
                 .chain([&CIFAR10_TEST])
-                .all(|f| dir.join(f).is_file()),
+                .all(|f| present(&dir.join(f))),
             Self::Cifar100 => [CIFAR100_TRAIN, CIFAR100_TEST]
                 .iter()
-                .all(|f| dir.join(f).is_file()),
+                .all(|f| present(&dir.join(f))),
         }
     }
 
@@ -167,6 +170,11 @@ impl FromStr for DatasetName {
             )),
         }
     }
+}
+
+/// Whether something (a file, or anything else that is not a dangling link) is at `path`.
+fn present(path: &Path) -> bool {
+    !matches!(probe(path), Ok(None))
 }
 
 /// The folders searched after an explicit one, in order; `fdfa_data` is `$FDFA_DATA`.

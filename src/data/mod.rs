@@ -30,6 +30,7 @@ mod cifar;
 mod download;
 mod idx;
 mod locate;
+pub(crate) mod regular;
 mod transform;
 
 use std::fmt;

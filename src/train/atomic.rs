@@ -29,17 +29,25 @@ pub(crate) fn write_atomic(
 ) -> Result<()> {
     let tmp = tmp_path(path);
     let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    let mut out = BufWriter::new(file);
-    write(&mut out).map_err(|e| Error::io(&tmp, e))?;
-    let file = out
-        .into_inner()
-        .map_err(|e| Error::io(&tmp, e.into_error()))?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(file);
+    let written = (|| {
+        let mut out = BufWriter::new(file);
+        write(&mut out)?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    })();
+    if let Err(e) = written {
+        // A full disk must not stay full of partial files: the target is untouched, so the
+        // temporary file is worthless.
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(&tmp, e));
+    }
     if !rename {
         return Ok(());
     }
-    fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    if let Err(e) = fs::rename(&tmp, path) {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(path, e));
+    }
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
@@ -80,6 +88,17 @@ mod tests {
         write_atomic(&path, true, |w| w.write_all(b"new")).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert!(!tmp_path(&path).exists());
+        let err = write_atomic(&path, true, |w| {
+            w.write_all(&[7; 1 << 16])?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().ends_with("f.txt.tmp: disk full"), "{err}");
+        assert!(
+            !tmp_path(&path).exists(),
+            "a failed write leaves no temporary file"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"new");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -355,6 +355,16 @@ impl Trainer {
         self.order
             .shuffle(&mut derived_rng(self.config.seed, SHUFFLE, epoch, 0));
         let mut shape = self.batch_shape(0, train)?;
+        if self.progress.batch > batches {
+            return Err(Error::config(
+                "training",
+                "progress.batch",
+                format!(
+                    "{} batches done, but an epoch of {n} samples has {batches}",
+                    self.progress.batch
+                ),
+            ));
+        }
         while self.progress.batch < batches {
             let b = self.progress.batch;
             let indices = &self.order[b * bs..((b + 1) * bs).min(n)];
@@ -477,10 +487,16 @@ impl Trainer {
     /// [`Error::Shape`] when the data does not fit the model; whatever the source reports.
     pub fn evaluate(&mut self, test: &dyn DataSource) -> Result<(f64, f64)> {
         let n = test.len();
-        let bs = self.config.batch_size;
+        // A batch larger than the test set is the test set: the same groups, and no
+        // allocation sized by a setting rather than by the data.
+        let bs = self.config.batch_size.min(n.max(1));
         // Chunks are whole multiples of the training batch size, so that the test loss can be
-        // averaged over batches of that size as the reference does.
-        let chunk = (self.config.test_batch_size / bs).max(1) * bs;
+        // averaged over batches of that size as the reference does; one chunk at most holds
+        // the whole set.
+        let chunk = (self.config.test_batch_size / self.config.batch_size)
+            .max(1)
+            .saturating_mul(bs)
+            .min(n.max(1));
         let classes = self.model.classes();
         let (mut loss_sum, mut groups, mut correct) = (0.0f64, 0usize, 0usize);
         let mut indices = Vec::with_capacity(chunk);

@@ -11,12 +11,19 @@
 //!   moments are `[out, in]`, though the layer keeps the weight as `[in, out]`);
 //! - `state.json` holds the rest: the rule, the network's layout, the training settings, the
 //!   learning-rate schedule, the optimizers' step counts and hyper-parameters, the position
-//!   (epoch, batch, running loss), the rule's random generator, the epoch records, and a
-//!   [`RunInfo`] (the caller's settings and the path of the run's log).
+//!   (epoch, batch, running loss), the rule's random generator, the epoch records, a
+//!   [`RunInfo`] (the caller's settings and the name of the run's log), the SHA-256 of the
+//!   tensor file (`tensors_sha256`) and that of `state.json` itself (`state_sha256`, the hash
+//!   of the file as written with this value set to 64 zeros).
 //!
-//! Every file is written atomically (temporary file, `fsync`, rename, `fsync` of the folder)
-//! and `state.json` is written last and names its tensor file: a crash at any point of a save
-//! leaves the previous checkpoint whole. Loading checks everything before it changes anything.
+//! Every file is written atomically (temporary file, `fsync`, rename, `fsync` of the folder;
+//! a failed write removes its temporary file) and `state.json` is written last and names its
+//! tensor file: a crash at any point of a save leaves the previous checkpoint whole. Loading
+//! checks everything before it changes anything: the tensor file's header against its
+//! length before any data is read, every tensor against the saved layout (none missing,
+//! none extra), every value, and last both checksums, so that damage no other check can see
+//! is refused too. A checkpoint written before checksums loads unverified
+//! ([`has_checksums`] tells). A process using a folder holds its [`CheckpointLock`].
 //!
 //! In PyTorch:
 //!
@@ -69,14 +76,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod lock;
 mod state;
 mod tensor_file;
 
+pub use lock::{CheckpointLock, LOCK_FILE};
 use state::{
-    OptimState, Spec, StateFile, check_compatible, check_progress, feedback_group, feedback_specs,
-    forward_group, model_specs, read_state,
+    Integrity, OptimState, Spec, StateFile, check_compatible, check_progress, damaged_state,
+    feedback_group, feedback_specs, forward_group, model_specs, read_state, wanted,
 };
-use tensor_file::{Item, TensorFile, Tensors, bad};
+use tensor_file::{Header, Item, Tensors, Wanted, bad};
 
 use super::atomic::{TMP_SUFFIX, sync_dir, write_atomic};
 use super::{Progress, Trainer};
@@ -106,7 +115,9 @@ const TENSORS_EXT: &str = ".safetensors";
 pub struct RunInfo {
     /// Settings by name, e.g. `dataset = mnist`, `train-mode = FDFA`.
     pub settings: BTreeMap<String, String>,
-    /// The CSV log the run appends to.
+    /// The run's CSV log as the caller recorded it (the examples record its file name; the
+    /// log lives next to the checkpoint folder). A checkpoint is input: fdfa never writes
+    /// to this path, and a caller should not either without checking where it points.
     pub log: Option<PathBuf>,
 }
 
@@ -227,7 +238,7 @@ fn flipped(model: &mut Model, group: &[Spec]) -> Vec<bool> {
 /// # }
 /// ```
 pub fn save_model(path: &Path, model: &mut Model) -> Result<()> {
-    tensor_file::write(path, true, &mut |f| visit_model(model, f))
+    tensor_file::write(path, true, &mut |f| visit_model(model, f)).map(drop)
 }
 
 /// Loads a model's state from the safetensors file `path` (as [`save_model`] or PyTorch's
@@ -235,14 +246,16 @@ pub fn save_model(path: &Path, model: &mut Model) -> Result<()> {
 /// have (feedback matrices, optimizer moments) are ignored. Nothing changes unless every
 /// tensor is valid.
 ///
+/// Only the header and the model's own tensors are read.
+///
 /// # Errors
-/// [`Error::Io`] when the file cannot be read; [`Error::Checkpoint`] for a file that is not
-/// valid safetensors (truncated, a corrupt header) and for a tensor of the model that is
-/// missing, has another dtype or shape, or holds a non-finite value, naming the tensor.
+/// [`Error::Io`] when the file cannot be read; [`Error::Checkpoint`] for something other
+/// than a regular file, a file that is not valid safetensors (truncated, too long, a
+/// corrupt header) and for a tensor of the model that is missing, has another dtype or
+/// shape, or holds a non-finite value (or a negative running variance), naming the tensor.
 pub fn load_model(path: &Path, model: &mut Model) -> Result<()> {
-    let file = TensorFile::read(path)?;
-    let tensors = file.parse()?;
     let specs = model_specs(model);
+    let tensors = Header::open(path)?.read_some(&wanted(path, &specs)?)?;
     let staged = stage(&tensors, &specs)?;
     apply_model(model, staged);
     Ok(())
@@ -254,7 +267,7 @@ enum Staged {
     Counter(u64),
 }
 
-fn stage(tensors: &Tensors<'_>, specs: &[Spec]) -> Result<Vec<Staged>> {
+fn stage(tensors: &Tensors, specs: &[Spec]) -> Result<Vec<Staged>> {
     specs
         .iter()
         .map(|s| match s.dtype.as_str() {
@@ -328,7 +341,7 @@ fn save(
             "an optimizer holds moments for a different set of parameters",
         ));
     }
-    let state = StateFile {
+    let mut state = StateFile {
         format: FORMAT.to_string(),
         version: VERSION,
         tensors: tensors.clone(),
@@ -342,9 +355,11 @@ fn save(
         feedback_opt: OptimState::of(&trainer.feedback_opt),
         progress: trainer.progress.clone(),
         run: run.clone(),
+        tensors_sha256: None,
+        state_sha256: None,
     };
     let rename = stop != Some(Interruption::BeforeTensorsRename);
-    tensor_file::write(&dir.join(&tensors), rename, &mut |f| {
+    let sha256 = tensor_file::write(&dir.join(&tensors), rename, &mut |f| {
         visit_model(&mut trainer.model, f);
         if let Some(feedback) = trainer.rule.feedback_mut() {
             feedback.visit(&mut |name, p| f(name, Item::F32(&p.value)));
@@ -367,8 +382,8 @@ fn save(
     if !rename {
         return Ok(());
     }
-    let json = serde_json::to_vec_pretty(&state)
-        .map_err(|e| bad(dir, format!("cannot write {STATE_FILE}: {e}")))?;
+    state.tensors_sha256 = Some(sha256);
+    let json = state.to_checksummed_json(&dir.join(STATE_FILE))?;
     let rename = stop != Some(Interruption::BeforeStateRename);
     write_atomic(&dir.join(STATE_FILE), rename, |out| out.write_all(&json))?;
     if rename {
@@ -453,13 +468,62 @@ fn remove_stale(dir: &Path, keep: &str) -> Result<()> {
 /// [`Error::Io`] when `state.json` cannot be read; [`Error::Checkpoint`] when it is not a
 /// checkpoint's state.
 pub fn read_run_info(dir: &Path) -> Result<RunInfo> {
-    read_state(dir).map(|s| s.run)
+    let (state, integrity) = read_state(dir)?;
+    if let Integrity::Damaged(why) = integrity {
+        return Err(damaged_state(&dir.join(STATE_FILE), &why));
+    }
+    Ok(state.run)
+}
+
+/// Whether the checkpoint in `dir` records checksums of its files. Those written before
+/// fdfa recorded them do not: they still load (refusing them would strand every run saved
+/// before), but a damaged file in them goes unnoticed unless its damage breaks a check;
+/// the next save of the run adds the checksums.
+///
+/// # Errors
+/// As [`read_run_info`].
+pub fn has_checksums(dir: &Path) -> Result<bool> {
+    match read_state(dir)? {
+        (_, Integrity::Verified) => Ok(true),
+        (_, Integrity::Unchecked) => Ok(false),
+        (_, Integrity::Damaged(why)) => Err(damaged_state(&dir.join(STATE_FILE), &why)),
+    }
+}
+
+/// Removes the temporary files that interrupted or failed saves left in the checkpoint
+/// folder; the lock proves that no other process is saving there. Returns the files
+/// removed.
+///
+/// # Errors
+/// [`Error::Io`] when the folder cannot be listed or a file cannot be removed.
+pub fn remove_temporaries(lock: &CheckpointLock) -> Result<Vec<PathBuf>> {
+    let dir = lock.dir();
+    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut removed = Vec::new();
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(target) = name.strip_suffix(TMP_SUFFIX) else {
+            continue;
+        };
+        let ours = target == STATE_FILE
+            || (target.starts_with(TENSORS_STEM) && target.ends_with(TENSORS_EXT));
+        if ours {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            removed.push(path);
+        }
+    }
+    if !removed.is_empty() {
+        sync_dir(dir)?;
+    }
+    Ok(removed)
 }
 
 /// The moments of an optimizer group, all or none as `saved` says, in the group's storage
 /// layout (the file holds those of a `flipped` parameter transposed, as PyTorch has it).
 fn stage_moments(
-    tensors: &Tensors<'_>,
+    tensors: &Tensors,
     prefix: &str,
     group: &[Spec],
     flipped: &[bool],
@@ -498,14 +562,18 @@ fn stage_moments(
 /// # Errors
 /// [`Error::Io`] when a file cannot be read; [`Error::Incompatible`] naming the setting
 /// (`rule`, `network`, `feedback`, `lr`, ...) in which the trainer differs from the saved
-/// run; [`Error::Checkpoint`] for malformed files: invalid JSON, a tensor file that is not
-/// valid safetensors, a tensor that is missing, misshapen, of another dtype or not finite.
+/// run; [`Error::Checkpoint`] for malformed files: something other than a regular file,
+/// invalid JSON, a tensor file that is not valid safetensors (truncated, too long), a
+/// tensor that is missing, extra, misshapen, of another dtype, not finite or (a variance, a
+/// second moment) negative, and files that do not match their recorded SHA-256 (damaged).
 pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
-    let state = read_state(dir)?;
+    let state_path = dir.join(STATE_FILE);
+    let (state, integrity) = read_state(dir)?;
     check_compatible(&state, trainer)?;
-    check_progress(&dir.join(STATE_FILE), &state)?;
-    let file = TensorFile::read(&dir.join(&state.tensors))?;
-    let tensors = file.parse()?;
+    check_progress(&state_path, &state)?;
+    let tensors_path = dir.join(&state.tensors);
+    let expected = expected_tensors(&tensors_path, &state, trainer)?;
+    let tensors = Header::open(&tensors_path)?.read_all(&expected)?;
     let model = stage(&tensors, &state.network)?;
     let feedback: Vec<Tensor> = state
         .feedback
@@ -529,6 +597,13 @@ pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
         &vec![false; learned_specs.len()],
         &state.feedback_opt,
     )?;
+    // Last, so that a defect the checks above can name is named; what they cannot see
+    // (a flipped bit that leaves every value plausible) is caught here.
+    match integrity {
+        Integrity::Damaged(why) => return Err(damaged_state(&state_path, &why)),
+        Integrity::Verified => check_tensors_hash(&tensors, state.tensors_sha256.as_deref())?,
+        Integrity::Unchecked => {}
+    }
 
     apply_model(&mut trainer.model, model);
     if let Some(fb) = trainer.rule.feedback_mut() {
@@ -547,6 +622,62 @@ pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
         .restore(state.feedback_opt.steps, learned);
     trainer.restore_progress(state.progress);
     Ok(state.run)
+}
+
+/// Every tensor the checkpoint `state` must hold, and nothing else: the model's state, the
+/// feedback matrices, and the moments of each optimizer that has taken a step.
+fn expected_tensors(path: &Path, state: &StateFile, trainer: &mut Trainer) -> Result<Vec<Wanted>> {
+    let mut all = wanted(path, &state.network)?;
+    all.extend(wanted(path, &state.feedback)?);
+    let forward = forward_group(trainer);
+    let forward_flips = flipped(&mut trainer.model, &forward);
+    let learned = feedback_group(trainer);
+    let groups = [
+        (FORWARD_PREFIX, &forward, forward_flips, &state.forward_opt),
+        (
+            FEEDBACK_PREFIX,
+            &learned,
+            vec![false; learned.len()],
+            &state.feedback_opt,
+        ),
+    ];
+    for (prefix, group, flips, saved) in groups {
+        if !saved.moments {
+            continue;
+        }
+        for (spec, flip) in group.iter().zip(flips) {
+            let shape: Vec<usize> = if flip {
+                spec.shape.iter().rev().copied().collect()
+            } else {
+                spec.shape.clone()
+            };
+            for suffix in ["exp_avg", "exp_avg_sq"] {
+                all.push(Wanted {
+                    name: format!("{prefix}{}.{suffix}", spec.name),
+                    dtype: safetensors::Dtype::F32,
+                    shape: shape.clone(),
+                });
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// Compares the hash of a tensor file read whole with the one `state.json` recorded.
+fn check_tensors_hash(tensors: &Tensors, recorded: Option<&str>) -> Result<()> {
+    let (Some(found), Some(recorded)) = (tensors.sha256(), recorded) else {
+        return Ok(());
+    };
+    if found.eq_ignore_ascii_case(recorded) {
+        return Ok(());
+    }
+    Err(bad(
+        tensors.path(),
+        format!(
+            "damaged: its SHA-256 is {found}, but {STATE_FILE} recorded {recorded}; restore \
+             the checkpoint from a copy"
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 
 use std::path::Path;
 
+use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
-use super::tensor_file::{bad, read_bounded};
+use super::tensor_file::{Wanted, bad, hex, read_bounded};
 use super::{FORMAT, MAX_STATE_LEN, RunInfo, STATE_FILE, TENSORS_EXT, VERSION};
 use crate::error::{Error, Result};
 use crate::layers::StateMut;
@@ -77,8 +79,88 @@ pub(super) struct StateFile {
     pub(super) feedback_opt: OptimState,
     pub(super) progress: Progress,
     pub(super) run: RunInfo,
+    /// The SHA-256 of the tensor file (absent in checkpoints written before checksums).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tensors_sha256: Option<String>,
+    /// The SHA-256 of this file as written with this value replaced by [`PLACEHOLDER`]; kept
+    /// last, so that it is computed over everything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) state_sha256: Option<String>,
 }
 
+/// What `state_sha256` holds while the file's hash is computed.
+const PLACEHOLDER: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Whether a saved state's checksums hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Integrity {
+    /// Both checksums are recorded and `state.json` matches its own.
+    Verified,
+    /// A checkpoint written before checksums: neither is recorded.
+    Unchecked,
+    /// `state.json` does not match its checksum (or only one is recorded): why.
+    Damaged(String),
+}
+
+impl StateFile {
+    /// The JSON of this state with `state_sha256` set to the hash of that very text.
+    pub(super) fn to_checksummed_json(&self, path: &Path) -> Result<Vec<u8>> {
+        let mut state = self.clone();
+        state.state_sha256 = Some(PLACEHOLDER.to_string());
+        let mut json = serde_json::to_vec_pretty(&state)
+            .map_err(|e| bad(path, format!("cannot write: {e}")))?;
+        let at = find_unique(&json, PLACEHOLDER.as_bytes())
+            .ok_or_else(|| bad(path, "cannot place the checksum"))?;
+        let digest = hex(&Sha256::digest(&json));
+        json[at..at + PLACEHOLDER.len()].copy_from_slice(digest.as_bytes());
+        Ok(json)
+    }
+}
+
+/// The position of the only occurrence of `needle` (quoted, as a JSON string) in `bytes`.
+fn find_unique(bytes: &[u8], needle: &[u8]) -> Option<usize> {
+    let mut quoted = Vec::with_capacity(needle.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(needle);
+    quoted.push(b'"');
+    let mut hits = bytes
+        .windows(quoted.len())
+        .enumerate()
+        .filter(|(_, w)| *w == quoted.as_slice())
+        .map(|(i, _)| i + 1);
+    let first = hits.next()?;
+    hits.next().is_none().then_some(first)
+}
+
+/// Checks the bytes of a `state.json` against the checksum they record.
+fn integrity(bytes: &[u8], state: &StateFile) -> Integrity {
+    let recorded = match (&state.tensors_sha256, &state.state_sha256) {
+        (None, None) => return Integrity::Unchecked,
+        (Some(_), Some(own)) => own,
+        _ => {
+            return Integrity::Damaged(
+                "it records only one of `tensors_sha256` and `state_sha256`".to_string(),
+            );
+        }
+    };
+    let is_hex = |h: &str| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit());
+    if !is_hex(recorded) || state.tensors_sha256.as_deref().is_some_and(|h| !is_hex(h)) {
+        return Integrity::Damaged("a recorded checksum is not 64 hexadecimal digits".into());
+    }
+    let Some(at) = find_unique(bytes, recorded.as_bytes()) else {
+        return Integrity::Damaged("its `state_sha256` cannot be found in the text".into());
+    };
+    let mut text = bytes.to_vec();
+    text[at..at + PLACEHOLDER.len()].copy_from_slice(PLACEHOLDER.as_bytes());
+    let digest = hex(&Sha256::digest(&text));
+    if digest == *recorded {
+        Integrity::Verified
+    } else {
+        Integrity::Damaged(format!(
+            "its SHA-256 is {digest}, but it records `state_sha256` {recorded}"
+        ))
+    }
+}
 /// The model's state in visiting order, with PyTorch's shapes.
 pub(super) fn model_specs(model: &mut Model) -> Vec<Spec> {
     let mut specs = Vec::new();
@@ -120,8 +202,17 @@ pub(super) fn feedback_group(trainer: &mut Trainer) -> Vec<Spec> {
     group(&mut Learned(trainer.rule.as_mut()))
 }
 
-/// Reads and parses `state.json` of the checkpoint folder `dir`.
-pub(super) fn read_state(dir: &Path) -> Result<StateFile> {
+/// The message of a `state.json` that does not match its checksum.
+pub(super) fn damaged_state(path: &Path, why: &str) -> Error {
+    bad(
+        path,
+        format!("damaged or edited: {why}; restore the checkpoint from a copy"),
+    )
+}
+
+/// Reads and parses `state.json` of the checkpoint folder `dir`, and checks it against its
+/// checksum (the caller decides when to act on the result).
+pub(super) fn read_state(dir: &Path) -> Result<(StateFile, Integrity)> {
     let path = dir.join(STATE_FILE);
     let bytes = read_bounded(&path, MAX_STATE_LEN)?;
     let state: StateFile =
@@ -145,7 +236,35 @@ pub(super) fn read_state(dir: &Path) -> Result<StateFile> {
             format!("`tensors` must name a `{TENSORS_EXT}` file in the same folder, not `{name}`"),
         ));
     }
-    Ok(state)
+    let integrity = integrity(&bytes, &state);
+    Ok((state, integrity))
+}
+
+/// What a reader needs of the tensors `specs` lists.
+pub(super) fn wanted(path: &Path, specs: &[Spec]) -> Result<Vec<Wanted>> {
+    specs
+        .iter()
+        .map(|s| {
+            let dtype = match s.dtype.as_str() {
+                "F32" => Dtype::F32,
+                "I64" => Dtype::I64,
+                other => {
+                    return Err(bad(
+                        path,
+                        format!(
+                            "tensor `{}` has dtype `{other}`, expected F32 or I64",
+                            s.name
+                        ),
+                    ));
+                }
+            };
+            Ok(Wanted {
+                name: s.name.clone(),
+                dtype,
+                shape: s.shape.clone(),
+            })
+        })
+        .collect()
 }
 
 /// Compares two lists of tensors and names the first difference.
