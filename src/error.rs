@@ -78,6 +78,18 @@ pub enum Error {
         /// The batch (from 1) within the epoch, as the progress lines count it.
         batch: usize,
     },
+    /// Data and a model that do not fit each other: a dataset with another number of classes
+    /// than the model has outputs, or samples of another shape than its input. Found before
+    /// anything is trained.
+    #[error("the data's {what} ({data}) does not fit the model's ({model})")]
+    Mismatch {
+        /// What differs: `classes` or `sample shape`.
+        what: &'static str,
+        /// The data's value.
+        data: String,
+        /// The model's value.
+        model: String,
+    },
     /// A saved state does not match what is being asked of it.
     #[error("incompatible {setting}: saved `{saved}`, requested `{requested}`")]
     Incompatible {

@@ -74,4 +74,6 @@ pub mod tensor;
 pub mod train;
 
 pub use error::{DataErrorKind, Error, Result};
+/// The ndarray version fdfa is built with, so that arrays passed to it match.
+pub use ndarray;
 pub use tensor::{Dual, Tensor};

@@ -28,6 +28,7 @@
 mod cifar;
 #[cfg(feature = "download")]
 mod download;
+mod features;
 mod idx;
 mod locate;
 pub(crate) mod regular;
@@ -45,6 +46,7 @@ use crate::error::{Error, Result};
 pub use cifar::{load_cifar10, load_cifar100, read_cifar10_batch, read_cifar100_batch};
 #[cfg(feature = "download")]
 pub use download::{Progress, download, download_from};
+pub use features::{FeatureDataset, Normalize};
 pub use idx::{load_fashion_mnist, load_mnist, read_idx_images, read_idx_labels};
 pub use locate::{CIFAR100_SIZE, DATA_ENV, DatasetName, load, load_raw, locate};
 pub use transform::Augmented;
@@ -82,8 +84,10 @@ pub trait DataSource: Send + Sync {
         self.len() == 0
     }
 
-    /// Shape of one sample as the network sees it, e.g. `[1, 28, 28]` or `[3, 224, 224]`.
-    fn sample_shape(&self) -> [usize; 3];
+    /// Shape of one sample as the network sees it, of any rank: `[1, 28, 28]` or
+    /// `[3, 224, 224]` for images, `[13]` for a row of 13 features. It must fit the model's
+    /// input shape by the rule of [`fits_input`].
+    fn sample_shape(&self) -> &[usize];
 
     /// Number of classes; every target is below it.
     fn classes(&self) -> usize;
@@ -108,6 +112,61 @@ pub trait DataSource: Send + Sync {
         x: &mut [f32],
         targets: &mut [usize],
     ) -> Result<()>;
+}
+
+/// Whether samples of `sample` fit a model whose input is `input` (both without the batch
+/// axis): the same shape once axes of length 1 are ignored (`[28, 28]` fits `[1, 28, 28]`),
+/// or a flat sample (`[784]`) holding as many values, which the model reads in row-major
+/// order. Images of another size with the same number of values (`[1, 16, 49]` for
+/// `[1, 28, 28]`) do not fit.
+///
+/// ```
+/// use fdfa::data::fits_input;
+///
+/// assert!(fits_input(&[1, 28, 28], &[1, 28, 28]));
+/// assert!(fits_input(&[28, 28], &[1, 28, 28]));
+/// assert!(fits_input(&[784], &[1, 28, 28]));
+/// assert!(!fits_input(&[1, 16, 49], &[1, 28, 28]));
+/// assert!(!fits_input(&[3, 28, 28], &[1, 28, 28]));
+/// ```
+pub fn fits_input(sample: &[usize], input: &[usize]) -> bool {
+    let squeeze = |s: &[usize]| s.iter().copied().filter(|&d| d != 1).collect::<Vec<_>>();
+    let count = |s: &[usize]| s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    squeeze(sample) == squeeze(input)
+        || (sample.len() == 1 && count(sample).is_some() && count(sample) == count(input))
+}
+
+/// Checks, before anything is trained, that `source` fits a model taking samples of
+/// `input_shape` with `classes` outputs: the same number of classes, and a sample shape that
+/// [`fits_input`].
+///
+/// # Errors
+/// [`Error::Mismatch`] naming what differs and both values.
+///
+/// ```
+/// use fdfa::data::{check_fits, Dataset};
+///
+/// let data = Dataset::new(vec![0; 8], vec![0, 9], [1, 2, 2], 10).unwrap();
+/// assert!(check_fits(&data, &[1, 2, 2], 10).is_ok());
+/// let err = check_fits(&data, &[1, 2, 2], 2).unwrap_err();
+/// assert_eq!(err.to_string(), "the data's classes (10) does not fit the model's (2)");
+/// ```
+pub fn check_fits(source: &dyn DataSource, input_shape: &[usize], classes: usize) -> Result<()> {
+    if source.classes() != classes {
+        return Err(Error::Mismatch {
+            what: "classes",
+            data: source.classes().to_string(),
+            model: classes.to_string(),
+        });
+    }
+    if !fits_input(source.sample_shape(), input_shape) {
+        return Err(Error::Mismatch {
+            what: "sample shape",
+            data: format!("{:?}", source.sample_shape()),
+            model: format!("{input_shape:?}"),
+        });
+    }
+    Ok(())
 }
 
 /// The generator that sample `j` of a batch filled with `seed` uses for its augmentation:
@@ -336,6 +395,39 @@ impl Dataset {
         })
     }
 
+    /// New images, as raw pixels in this dataset's layout (`C×H×W` each, one after the
+    /// other), turned into a model input `[N, C, H, W]` by the normalisation training used.
+    ///
+    /// ```
+    /// use fdfa::data::Dataset;
+    ///
+    /// # fn main() -> fdfa::Result<()> {
+    /// let train = Dataset::new(vec![0; 4], vec![0], [1, 2, 2], 2)?;
+    /// let x = train.input_from_pixels(&[0, 255, 0, 255, 255, 255, 0, 0])?;
+    /// assert_eq!(x.shape(), &[2, 1, 2, 2]);
+    /// assert_eq!(x.data(), &[-1.0, 1.0, -1.0, 1.0, 1.0, 1.0, -1.0, -1.0]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `pixels` is empty or not a whole number of images.
+    pub fn input_from_pixels(&self, pixels: &[u8]) -> Result<crate::Tensor> {
+        if pixels.is_empty() || !pixels.len().is_multiple_of(self.sample_len) {
+            return Err(Error::shape(
+                "Dataset::input_from_pixels",
+                format!(
+                    "a positive multiple of {} pixels ({:?} per image)",
+                    self.sample_len, self.sample_shape
+                ),
+                &[pixels.len()],
+            ));
+        }
+        let mut shape = vec![pixels.len() / self.sample_len];
+        shape.extend_from_slice(&self.sample_shape);
+        crate::Tensor::from_vec(&shape, pixels.iter().map(|&p| normalise(p)).collect())
+    }
+
     /// The pixels of sample `index`; callers have checked `index < len()`.
     pub(crate) fn sample_pixels(&self, index: usize) -> &[u8] {
         let start = index * self.sample_len;
@@ -385,8 +477,8 @@ impl DataSource for Dataset {
         self.labels.len()
     }
 
-    fn sample_shape(&self) -> [usize; 3] {
-        self.sample_shape
+    fn sample_shape(&self) -> &[usize] {
+        &self.sample_shape
     }
 
     fn classes(&self) -> usize {

@@ -65,6 +65,7 @@ enum Mode {
 pub struct Augmented {
     dataset: Dataset,
     size: usize,
+    shape: [usize; 3],
     sample_len: usize,
     mode: Mode,
 }
@@ -107,6 +108,7 @@ impl Augmented {
                 )
             })?;
         Ok(Self {
+            shape: [dataset.sample_shape()[0], size, size],
             dataset,
             size,
             sample_len,
@@ -135,8 +137,8 @@ impl DataSource for Augmented {
         self.dataset.len()
     }
 
-    fn sample_shape(&self) -> [usize; 3] {
-        [self.dataset.sample_shape()[0], self.size, self.size]
+    fn sample_shape(&self) -> &[usize] {
+        &self.shape
     }
 
     fn classes(&self) -> usize {
@@ -448,8 +450,8 @@ mod tests {
     }
 
     fn batch(source: &Augmented, indices: &[usize], seed: u64) -> Vec<f32> {
-        let [c, h, w] = source.sample_shape();
-        let mut x = vec![0.0; indices.len() * c * h * w];
+        let len: usize = source.sample_shape().iter().product();
+        let mut x = vec![0.0; indices.len() * len];
         let mut t = vec![0; indices.len()];
         source.fill_batch(indices, seed, &mut x, &mut t).unwrap();
         assert_eq!(t, indices.iter().map(|&i| i % 3).collect::<Vec<_>>());

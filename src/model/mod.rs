@@ -9,8 +9,10 @@
 //! ([`Model::hidden`]), a block-local backward from a signal ([`Model::backward_block`]) and
 //! the full backward of backpropagation ([`Model::backward`]).
 
+mod sequential;
 mod zoo;
 
+pub use sequential::Sequential;
 pub use zoo::{alexnet_bn, fc, shallow_cnn};
 
 use crate::error::{Error, Result};

@@ -443,19 +443,12 @@ impl Trainer {
         }
     }
 
-    /// The shape of a batch of `m` samples of `source` as the model takes it, which must hold
-    /// as many values per sample as the source gives.
+    /// The shape of a batch of `m` samples of `source` as the model takes it, after checking
+    /// that the source fits the model ([`check_fits`](crate::data::check_fits)).
     fn batch_shape(&self, m: usize, source: &dyn DataSource) -> Result<Vec<usize>> {
-        let given: usize = source.sample_shape().iter().product();
+        crate::data::check_fits(source, self.model.input_shape(), self.model.classes())?;
         let mut shape = vec![m];
         shape.extend_from_slice(self.model.input_shape());
-        if shape[1..].iter().product::<usize>() != given {
-            return Err(Error::shape(
-                "model input",
-                format!("{:?} values per sample", self.model.input_shape()),
-                &source.sample_shape(),
-            ));
-        }
         Ok(shape)
     }
 

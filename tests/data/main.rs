@@ -5,6 +5,7 @@
 //! One binary (`cargo test --test data`), one file per subject.
 
 mod cifar;
+mod features;
 mod idx;
 mod locate;
 
