@@ -58,6 +58,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod csv;
 pub mod data;
 pub mod diagnostics;
 pub mod doc;

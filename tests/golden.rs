@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use fdfa::layers::{
     AdaptiveAvgPool2d, BatchNormConfig, Conv2dConfig, Flatten, Layer, LinearConfig, MaxPool2d,
-    Relu, StateMut,
+    Relu, State, StateMut,
 };
 use fdfa::model::{Block, Model};
 use fdfa::optim::{AdamConfig, Parameters};
@@ -206,18 +206,18 @@ fn adam(v: &Value) -> fdfa::optim::Adam {
 /// Sets the model's and the rule's state from a `state_dict`.
 fn load_state(model: &mut Model, rule: &mut dyn LearningRule, state: &BTreeMap<String, Value>) {
     let mut seen = 0;
-    model.visit_state(&mut |name, s| {
+    model.visit_state_mut(&mut |name, s| {
         let v = &state[name];
         match s {
-            StateMut::Param(p) => p.value = tensor(v),
-            StateMut::Buffer(b) => *b = tensor(v),
+            StateMut::Param(mut p) => p.set_value(&tensor(v)).unwrap(),
+            StateMut::Buffer(mut b) => b.set(&tensor(v)).unwrap(),
             StateMut::Counter(c) => *c = values(v)[0] as u64,
         }
         seen += 1;
     });
     if let Some(fb) = rule.feedback_mut() {
-        fb.visit(&mut |name, p| {
-            p.value = tensor(&state[name]);
+        fb.visit_mut(&mut |name, mut p| {
+            p.set_value(&tensor(&state[name])).unwrap();
             seen += 1;
         });
     }
@@ -243,16 +243,16 @@ fn check_state(
     model.visit_state(&mut |name, s| {
         let want = values(&state[name]);
         match s {
-            StateMut::Param(p) => assert_close(&format!("{what} {name}"), p.value.data(), &want),
-            StateMut::Buffer(b) => assert_close(&format!("{what} {name}"), b.data(), &want),
-            StateMut::Counter(c) => assert_eq!(*c as f64, want[0], "{what} {name}"),
+            State::Param(p) => assert_close(&format!("{what} {name}"), p.value().data(), &want),
+            State::Buffer(b) => assert_close(&format!("{what} {name}"), b.data(), &want),
+            State::Counter(c) => assert_eq!(c as f64, want[0], "{what} {name}"),
         }
     });
     if let Some(fb) = rule.feedback_mut() {
-        fb.visit(&mut |name, p| {
+        fb.visit_mut(&mut |name, p| {
             assert_close(
                 &format!("{what} {name}"),
-                p.value.data(),
+                p.value().data(),
                 &values(&state[name]),
             )
         });
@@ -341,8 +341,12 @@ fn run(file: &str) {
         let mut checked = 0;
         // `visit_state` shows every parameter in PyTorch's layout, as the reference has them.
         model.visit_state(&mut |name, s| {
-            if let (Some(want), StateMut::Param(p)) = (grads.get(name), s) {
-                assert_close(&format!("{what} grad {name}"), p.grad.data(), &values(want));
+            if let (Some(want), State::Param(p)) = (grads.get(name), s) {
+                assert_close(
+                    &format!("{what} grad {name}"),
+                    p.grad().data(),
+                    &values(want),
+                );
                 checked += 1;
             }
         });
@@ -372,7 +376,12 @@ fn run(file: &str) {
             } else {
                 want.iter().map(|w| w.abs()).collect()
             };
-            assert_close_scaled(&format!("{what} grad {name}"), p.grad.data(), &want, &scale);
+            assert_close_scaled(
+                &format!("{what} grad {name}"),
+                p.grad().data(),
+                &want,
+                &scale,
+            );
             point += 1;
             checked += 1;
         });
@@ -387,14 +396,14 @@ fn run(file: &str) {
         // ~1e-17 in the float64 reference; Adam divides by their own magnitude, so that noise
         // alone would move such a parameter by up to `lr`. The gradients were compared above;
         // this compares the optimizers.
-        model.visit_state(&mut |name, s| {
-            if let (Some(want), StateMut::Param(p)) = (grads.get(name), s) {
-                p.grad = tensor(want);
+        model.visit_state_mut(&mut |name, s| {
+            if let (Some(want), StateMut::Param(mut p)) = (grads.get(name), s) {
+                p.set_grad(&tensor(want)).unwrap();
             }
         });
-        rule!().visit_learned(&mut |name, p| p.grad = tensor(&grads[name]));
-        feedback_opt.step(&mut Learned(rule!()));
-        forward_opt.step(&mut model as &mut dyn Parameters);
+        rule!().visit_learned(&mut |name, mut p| p.set_grad(&tensor(&grads[name])).unwrap());
+        feedback_opt.step(&mut Learned(rule!())).unwrap();
+        forward_opt.step(&mut model as &mut dyn Parameters).unwrap();
         let after: BTreeMap<String, Value> =
             serde_json::from_value(step["state_after"].clone()).unwrap();
         check_state(&format!("{what} after Adam"), &mut model, rule!(), &after);

@@ -372,7 +372,7 @@ fn run(
     }
     let (train, test) = load_data(dataset, args)?;
     let mut rng = fdfa::init::rng(args.seed);
-    let mut model = build(args, &mut rng)?;
+    let model = build(args, &mut rng)?;
     let rule = args
         .train_mode
         .build(&model, args.directions as usize, &mut rng)?;

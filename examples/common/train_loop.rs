@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use fdfa::data::DataSource;
 use fdfa::diagnostics::AlignmentLog;
+use fdfa::layers::StateMut;
 use fdfa::train::checkpoint::{self, RunInfo};
 use fdfa::train::{CsvLog, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -77,18 +78,18 @@ enum Pause {
 /// to NaN; returns the tensor's name.
 fn poison(trainer: &mut Trainer) -> String {
     let mut name = None;
-    if let Some(fb) = trainer.rule.feedback_mut() {
-        fb.visit(&mut |n, p| {
+    if let Some(fb) = trainer.rule_mut().feedback_mut() {
+        fb.visit_mut(&mut |n, mut p| {
             if name.is_none() {
-                p.value.data_mut()[0] = f32::NAN;
+                p.storage_mut().0[0] = f32::NAN;
                 name = Some(n.to_string());
             }
         });
     }
     if name.is_none() {
-        trainer.model.visit_params(&mut |n, p| {
-            if name.is_none() {
-                p.value.data_mut()[0] = f32::NAN;
+        trainer.model_mut().visit_state_mut(&mut |n, state| {
+            if let (None, StateMut::Param(mut p)) = (&name, state) {
+                p.storage_mut().0[0] = f32::NAN;
                 name = Some(n.to_string());
             }
         });

@@ -59,7 +59,7 @@ impl AlignmentLog {
     pub fn open(path: &Path) -> Result<Self> {
         Ok(Self {
             path: path.to_path_buf(),
-            file: crate::train::csv_log::open_appending(path, ALIGNMENT_HEADER)?,
+            file: crate::csv::open_appending(path, ALIGNMENT_HEADER)?,
         })
     }
 

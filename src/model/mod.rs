@@ -4,17 +4,27 @@
 //! its output `h_l` is where feedback-alignment rules deliver their signal `g_l`. The last
 //! block is the output layer producing the logits.
 //!
-//! The model gives rules building blocks, not policies: a training forward with a hook at
-//! each feedback point ([`Model::forward`]), the feedback points' activations
-//! ([`Model::hidden`]), a block-local backward from a signal ([`Model::backward_block`]) and
-//! the full backward of backpropagation ([`Model::backward`]).
+//! The model gives rules building blocks, not policies, each with one contract:
+//!
+//! - a training forward with a hook at each feedback point ([`Model::forward`]), and its
+//!   variant whose tangent is the JVP along a direction in parameter space
+//!   ([`Model::forward_param_jvp`]);
+//! - the feedback points' activations ([`Model::hidden`]) and the logits ([`Model::output`]);
+//! - block-local backward: one block from the gradient of its output, optionally returning
+//!   the gradient of its input ([`Model::backward_block`]), or every block at once, each
+//!   from its own signal, in parallel ([`Model::backward_local`]);
+//! - the full backward of backpropagation ([`Model::backward`]);
+//! - the state of one block ([`Model::visit_block_state`], [`Model::visit_block_state_mut`])
+//!   or of the whole model ([`Model::visit_state`], [`Model::visit_state_mut`]).
+//!
+//! Block `l < L` ends in feedback point `l`; block `L` is the output block.
 
 mod zoo;
 
 pub use zoo::{alexnet_bn, fc, shallow_cnn};
 
 use crate::error::{Error, Result};
-use crate::layers::{Layer, Param, StateMut};
+use crate::layers::{Layer, ParamMut, State, StateMut};
 use crate::tensor::{Dual, Tensor};
 use rayon::prelude::*;
 
@@ -103,13 +113,15 @@ pub struct Model {
     logits: Tensor,
     /// Per block, the first layer with parameters: a block-local backward stops there.
     first_param: Vec<Option<usize>>,
+    /// Per block and layer, the number of trainable parameters.
+    param_counts: Vec<Vec<usize>>,
 }
 
-/// Whether a layer has trainable parameters.
-fn has_params(layer: &mut dyn Layer) -> bool {
-    let mut any = false;
-    layer.visit_params(&mut |_, _| any = true);
-    any
+/// The number of trainable parameters of a layer.
+fn param_count(layer: &dyn Layer) -> usize {
+    let mut count = 0;
+    layer.visit_state(&mut |_, s| count += usize::from(matches!(s, State::Param(_))));
+    count
 }
 
 impl Model {
@@ -120,7 +132,7 @@ impl Model {
     /// [`Error::Shape`] when a layer cannot take its predecessor's output;
     /// [`Error::InvalidConfig`] when there are no blocks, a hidden block lacks a feedback
     /// point, the last block has one, or the output is not `[N, classes]`.
-    pub fn new(input_shape: &[usize], mut blocks: Vec<Block>) -> Result<Self> {
+    pub fn new(input_shape: &[usize], blocks: Vec<Block>) -> Result<Self> {
         let Some(last) = blocks.last() else {
             return Err(Error::config(
                 "model",
@@ -175,10 +187,15 @@ impl Model {
             .map(|b| vec![Dual::default(); b.layers.len()])
             .collect();
         let first_param = blocks
-            .iter_mut()
-            .map(|b| b.layers.iter_mut().position(|l| has_params(l.as_mut())))
+            .iter()
+            .map(|b| b.layers.iter().position(|l| param_count(l.as_ref()) > 0))
+            .collect();
+        let param_counts = blocks
+            .iter()
+            .map(|b| b.layers.iter().map(|l| param_count(l.as_ref())).collect())
             .collect();
         Ok(Self {
+            param_counts,
             local: vec![Default::default(); blocks.len()],
             first_param,
             classes: shape[1],
@@ -253,9 +270,41 @@ impl Model {
         x: &Tensor,
         hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
     ) -> Result<&Dual> {
+        self.forward_impl(x, hook, None)
+    }
+
+    /// Training forward of a batch `x` whose tangent is the JVP along a direction `v` in
+    /// parameter space: `v` holds one flat slice per trainable parameter, in the order of
+    /// [`visit_state_mut`](Self::visit_state_mut) and in the order of each parameter's
+    /// [`ParamMut::storage_mut`] (so an elementwise direction, such as a normal draw, needs
+    /// no layout). The tangent reaching the logits is `d(logits) = J_theta v`, one tangent
+    /// per sample; each layer adds its term with [`Layer::add_param_jvp`].
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a wrong input shape or a direction that does not hold one slice
+    /// of the right length per parameter.
+    pub fn forward_param_jvp(&mut self, x: &Tensor, v: &[&[f32]]) -> Result<&Dual> {
+        let total: usize = self.param_counts.iter().flatten().sum();
+        if v.len() != total {
+            return Err(Error::shape(
+                "parameter direction",
+                format!("{total} slices, one per parameter"),
+                &[v.len()],
+            ));
+        }
+        self.forward_impl(x, &mut |_, _| Ok(()), Some(v))
+    }
+
+    fn forward_impl(
+        &mut self,
+        x: &Tensor,
+        hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
+        direction: Option<&[&[f32]]>,
+    ) -> Result<&Dual> {
         self.check_input(x)?;
         self.input.assign_primal(x);
         let mut point = 0;
+        let mut offset = 0;
         for b in 0..self.blocks.len() {
             let (before, rest) = self.acts.split_at_mut(b);
             let block_acts = &mut rest[0];
@@ -264,10 +313,17 @@ impl Model {
                 None => &self.input,
             };
             let layers = &mut self.blocks[b].layers;
+            let counts = &self.param_counts[b];
             // The hook runs on the caller's thread, so it need not be `Send`.
             crate::parallel::run(|| -> Result<()> {
-                for (layer, out) in layers.iter_mut().zip(block_acts.iter_mut()) {
+                for ((layer, out), &count) in
+                    layers.iter_mut().zip(block_acts.iter_mut()).zip(counts)
+                {
                     layer.forward(prev, out)?;
+                    if let Some(v) = direction {
+                        layer.add_param_jvp(prev.primal(), &v[offset..offset + count], out)?;
+                        offset += count;
+                    }
                     prev = out;
                 }
                 Ok(())
@@ -303,27 +359,42 @@ impl Model {
     /// # Panics
     /// When `l` is not below the number of feedback points.
     pub fn hidden(&self, l: usize) -> &Dual {
-        let b = self.point_block(l);
-        &self.acts[b][self.acts[b].len() - 1]
+        assert!(
+            l < self.points.len(),
+            "feedback point {l} out of range ({})",
+            self.points.len()
+        );
+        // Every hidden block ends in a feedback point, so point `l` ends block `l`.
+        &self.acts[l][self.acts[l].len() - 1]
     }
 
-    /// The block index of feedback point `l`.
-    fn point_block(&self, l: usize) -> usize {
-        self.blocks
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.feedback.is_some())
-            .nth(l)
-            .map(|(i, _)| i)
-            .unwrap_or_else(|| panic!("feedback point {l} out of range ({})", self.points.len()))
-    }
-
-    /// Backward through block `block` alone, from the gradient `grad` of its output: sets the
-    /// gradients of its parameters and returns the gradient of its input when
-    /// `input_grad` is set (a block-local backward passes `false` and skips that work).
+    /// Backward through block `block` alone (feedback point `block`'s, or the output block's
+    /// when `block` is the last), from the gradient `grad` of its output: sets the gradients
+    /// of its parameters and returns the gradient of its input when `input_grad` is set (a
+    /// block-local backward passes `false` and skips that work). Chaining the returned
+    /// gradient from the last block down is backpropagation; stopping on the way reads the
+    /// true gradient at each feedback point.
+    ///
+    /// ```
+    /// use fdfa::model::fc;
+    /// use fdfa::Tensor;
+    /// let mut rng = fdfa::init::rng(0);
+    /// let mut model = fc(&[1, 2, 2], 2, 5, 3, &mut rng)?;
+    /// let x = Tensor::from_vec(&[2, 1, 2, 2], vec![0.1, -0.4, 0.3, 0.9, -0.2, 0.5, 0.7, -0.8])?;
+    /// model.forward(&x, &mut |_, _| Ok(()))?;
+    /// let logits_grad = Tensor::from_vec(&[2, 3], vec![1., 0., 0., 0., 0., 0.])?;
+    /// // The gradient of the logits with respect to h_1, the last feedback point.
+    /// let g1 = model.backward_block(2, &logits_grad, true)?.cloned();
+    /// assert_eq!(g1.map(|g| g.shape().to_vec()), Some(vec![2, 5]));
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
     ///
     /// # Errors
-    /// [`Error::Shape`] when `grad` does not have the shape of the block's output.
+    /// [`Error::Shape`] when `grad` does not have the shape of the block's output;
+    /// [`Error::BackwardBeforeForward`] before any training forward.
+    ///
+    /// # Panics
+    /// When `block` is not below the number of blocks.
     pub fn backward_block(
         &mut self,
         block: usize,
@@ -339,12 +410,7 @@ impl Model {
     /// [`infer`](Self::infer) keeps none).
     fn check_forward_ran(&self) -> Result<()> {
         if self.input.primal().shape().is_empty() {
-            return Err(Error::config(
-                "model",
-                "backward",
-                "no training forward has run: call `forward` first (a backward reads its \
-                 activations)",
-            ));
+            return Err(Error::BackwardBeforeForward);
         }
         Ok(())
     }
@@ -380,8 +446,8 @@ impl Model {
     ///
     /// This is the delivery of DFA, DKP and FDFA. Since no block waits for another's
     /// gradient (there is no backward locking), the blocks run in parallel, each on its own
-    /// scratch; the results are those of calling [`backward_output`](Self::backward_output)
-    /// and [`backward_point`](Self::backward_point) one after the other, to the bit.
+    /// scratch; the results are those of calling [`backward_block`](Self::backward_block)
+    /// on each block one after the other, to the bit.
     ///
     /// ```
     /// use fdfa::{Tensor, model::fc};
@@ -438,29 +504,6 @@ impl Model {
         })
     }
 
-    /// Block-local backward of feedback point `l`'s block from the signal `g_l` (shaped like
-    /// [`hidden(l)`](Self::hidden)); the block's input gradient is not computed.
-    ///
-    /// # Errors
-    /// [`Error::Shape`] when `grad` does not have the shape of `h_l`.
-    ///
-    /// # Panics
-    /// When `l` is not below the number of feedback points.
-    pub fn backward_point(&mut self, l: usize, grad: &Tensor) -> Result<()> {
-        let block = self.point_block(l);
-        self.backward_block(block, grad, false).map(|_| ())
-    }
-
-    /// Backward of the output block from the logits' gradient, sets its parameters' gradients
-    /// (every rule trains the output layer with its true gradient).
-    ///
-    /// # Errors
-    /// [`Error::Shape`] when `logits_grad` is not `[N, classes]` of the last forward.
-    pub fn backward_output(&mut self, logits_grad: &Tensor) -> Result<()> {
-        let block = self.blocks.len() - 1;
-        self.backward_block(block, logits_grad, false).map(|_| ())
-    }
-
     /// Backpropagation through the whole network from the logits' gradient.
     ///
     /// # Errors
@@ -469,55 +512,6 @@ impl Model {
         self.grad_a.assign(logits_grad);
         for b in (0..self.blocks.len()).rev() {
             self.backward_from_a(b, b > 0)?;
-        }
-        Ok(())
-    }
-
-    /// Backpropagation from the logits' gradient down to the first feedback point only,
-    /// calling `hook(l, grad)` with the true gradient of `h_l` (shaped like
-    /// [`hidden(l)`](Self::hidden)) at every feedback point, last point first.
-    ///
-    /// It sets the parameter gradients of every block after the first feedback point, as
-    /// [`backward`](Self::backward) does, and leaves the first block's untouched (nothing
-    /// flows into it). Diagnostics use it to read the Jacobian of the output with respect to
-    /// each `h_l`, one cotangent at a time.
-    ///
-    /// ```
-    /// use fdfa::model::fc;
-    /// use fdfa::Tensor;
-    /// let mut rng = fdfa::init::rng(0);
-    /// let mut model = fc(&[1, 2, 2], 2, 5, 3, &mut rng)?;
-    /// let x = Tensor::from_vec(&[2, 1, 2, 2], vec![0.1, -0.4, 0.3, 0.9, -0.2, 0.5, 0.7, -0.8])?;
-    /// model.forward(&x, &mut |_, _| Ok(()))?;
-    /// let logits_grad = Tensor::from_vec(&[2, 3], vec![1., 0., 0., 0., 0., 0.])?;
-    /// let mut seen = Vec::new();
-    /// model.backward_to_points(&logits_grad, &mut |l, g| {
-    ///     seen.push((l, g.shape().to_vec()));
-    ///     Ok(())
-    /// })?;
-    /// assert_eq!(seen, vec![(1, vec![2, 5]), (0, vec![2, 5])]);
-    /// # Ok::<(), fdfa::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::Shape`] when `logits_grad` is not `[N, classes]` of the last forward;
-    /// whatever `hook` returns.
-    pub fn backward_to_points(
-        &mut self,
-        logits_grad: &Tensor,
-        hook: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
-    ) -> Result<()> {
-        let Some(first) = self.blocks.iter().position(|b| b.feedback.is_some()) else {
-            return Ok(());
-        };
-        self.grad_a.assign(logits_grad);
-        let mut point = self.points.len();
-        for b in (first + 1..self.blocks.len()).rev() {
-            self.backward_from_a(b, true)?;
-            if self.blocks[b - 1].feedback.is_some() {
-                point -= 1;
-                hook(point, &self.grad_a)?;
-            }
         }
         Ok(())
     }
@@ -562,58 +556,70 @@ impl Model {
     }
 
     /// Visits every piece of state under its PyTorch `state_dict` name
-    /// (`<layer>.<suffix>`), in a fixed order.
-    pub fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
-        let mut name = String::new();
-        for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
-            let prefix = layer.name().to_string();
-            layer.visit_state(&mut |suffix, state| f(qualified(&mut name, &prefix, suffix), state));
+    /// (`<layer>.<suffix>`), in a fixed order, in PyTorch's layout (see
+    /// [`Layer::visit_state`] for why there are two flavours of this one visitor).
+    ///
+    /// ```
+    /// use fdfa::layers::State;
+    /// let model = fdfa::model::fc(&[1, 2, 2], 1, 5, 3, &mut fdfa::init::rng(0))?;
+    /// let mut params = Vec::new();
+    /// model.visit_state(&mut |name, state| {
+    ///     if let State::Param(p) = state {
+    ///         params.push((name.to_string(), p.shape()));
+    ///     }
+    /// });
+    /// assert_eq!(params[0], ("fc_hidden.0.weight".to_string(), vec![5, 4]));
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    pub fn visit_state(&self, f: &mut dyn FnMut(&str, State<'_>)) {
+        for b in 0..self.blocks.len() {
+            self.visit_block_state(b, f);
         }
     }
 
-    /// Visits what [`visit_state`](Self::visit_state) visits, under the same names and in
-    /// the same order, in the layout each layer stores it (see
-    /// [`Layer::visit_stored_state`]), without copies. The flag tells whether the tensor is
-    /// the transpose of its PyTorch layout (a [`Linear`](crate::layers::Linear) weight).
+    /// The exclusive flavour of [`visit_state`](Self::visit_state): the same entries, in the
+    /// same order, as views that check every write.
+    pub fn visit_state_mut(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        for b in 0..self.blocks.len() {
+            self.visit_block_state_mut(b, f);
+        }
+    }
+
+    /// [`visit_state`](Self::visit_state) restricted to block `block` (the parameters
+    /// a block-local backward of that block sets).
     ///
-    /// ```
-    /// use fdfa::layers::StateMut;
-    /// let mut model = fdfa::model::fc(&[1, 2, 2], 1, 5, 3, &mut fdfa::init::rng(0))?;
-    /// let mut stored = Vec::new();
-    /// model.visit_stored_state(&mut |name, state, transposed| {
-    ///     if let StateMut::Param(p) = state {
-    ///         stored.push((name.to_string(), p.value.shape().to_vec(), transposed));
-    ///     }
-    /// });
-    /// // PyTorch's `fc_hidden.0.weight` is [5, 4]; the layer keeps it as [4, 5].
-    /// assert_eq!(stored[0], ("fc_hidden.0.weight".to_string(), vec![4, 5], true));
-    /// assert_eq!(stored[1], ("fc_hidden.0.bias".to_string(), vec![5], false));
-    /// # Ok::<(), fdfa::Error>(())
-    /// ```
-    pub fn visit_stored_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>, bool)) {
+    /// # Panics
+    /// When `block` is not below the number of blocks.
+    pub fn visit_block_state(&self, block: usize, f: &mut dyn FnMut(&str, State<'_>)) {
         let mut name = String::new();
-        for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
+        for layer in &self.blocks[block].layers {
+            let prefix = layer.name();
+            layer.visit_state(&mut |suffix, state| f(qualified(&mut name, prefix, suffix), state));
+        }
+    }
+
+    /// [`visit_state_mut`](Self::visit_state_mut) restricted to block `block`.
+    ///
+    /// # Panics
+    /// When `block` is not below the number of blocks.
+    pub fn visit_block_state_mut(&mut self, block: usize, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        let mut name = String::new();
+        for layer in &mut self.blocks[block].layers {
             let prefix = layer.name().to_string();
-            layer.visit_stored_state(&mut |suffix, state, transposed| {
-                f(qualified(&mut name, &prefix, suffix), state, transposed)
+            layer.visit_state_mut(&mut |suffix, state| {
+                f(qualified(&mut name, &prefix, suffix), state)
             });
         }
     }
 
-    /// Visits every trainable parameter, in a fixed order, in the layout its layer computes
-    /// with (see [`Layer::visit_params`]); [`visit_state`](Self::visit_state) shows PyTorch's.
-    pub fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        let mut name = String::new();
-        for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
-            let prefix = layer.name().to_string();
-            layer.visit_params(&mut |suffix, p| f(qualified(&mut name, &prefix, suffix), p));
-        }
-    }
-
     /// The number of trainable scalars.
-    pub fn param_count(&mut self) -> usize {
+    pub fn param_count(&self) -> usize {
         let mut count = 0;
-        self.visit_params(&mut |_, p| count += p.value.len());
+        self.visit_state(&mut |_, s| {
+            if let State::Param(p) = s {
+                count += p.len();
+            }
+        });
         count
     }
 
@@ -685,7 +691,11 @@ impl BlockPass<'_> {
 }
 
 impl crate::optim::Parameters for Model {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        Model::visit_params(self, f);
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+        self.visit_state_mut(&mut |name, state| {
+            if let StateMut::Param(p) = state {
+                f(name, p);
+            }
+        });
     }
 }

@@ -1,10 +1,11 @@
 //! The per-epoch CSV log, with the reference's columns.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::EpochRecord;
+use crate::csv::open_appending;
 use crate::error::{Error, Result};
 
 /// The header the reference writes.
@@ -82,24 +83,4 @@ fn write_row(out: &mut dyn Write, r: &EpochRecord) -> std::io::Result<()> {
         "{},{},{},{}",
         r.epoch, r.train_loss, r.test_loss, r.test_accuracy
     )
-}
-
-/// Opens a CSV file for appending, creating it (and its folder) with `header` when it is new
-/// or empty.
-pub(crate) fn open_appending(path: &Path, header: &str) -> Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let fresh = std::fs::metadata(path)
-        .map(|m| m.len() == 0)
-        .unwrap_or(true);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    if fresh {
-        writeln!(file, "{header}").map_err(|e| Error::io(path, e))?;
-    }
-    Ok(file)
 }

@@ -12,6 +12,7 @@ pub(crate) mod csv_log;
 
 pub use csv_log::CsvLog;
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use ndarray_rand::rand::seq::SliceRandom;
@@ -23,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::init::{Rng, rng};
 use crate::loss::evaluate_rows;
 use crate::model::Model;
-use crate::optim::{Adam, AdamConfig, StepLr};
+use crate::optim::{Adam, AdamConfig, AdamState, StepLr};
 use crate::rules::{Learned, LearningRule};
 use crate::tensor::Tensor;
 
@@ -170,14 +171,10 @@ pub struct Progress {
 /// ```
 #[derive(Debug)]
 pub struct Trainer {
-    /// The network.
-    pub model: Model,
-    /// The learning rule (owning its feedback matrices).
-    pub rule: Box<dyn LearningRule>,
-    /// The forward parameters' optimizer.
-    pub forward_opt: Adam,
-    /// The learned feedback matrices' optimizer.
-    pub feedback_opt: Adam,
+    model: Model,
+    rule: Box<dyn LearningRule>,
+    forward_opt: Adam,
+    feedback_opt: Adam,
     schedule: StepLr,
     config: TrainConfig,
     progress: Progress,
@@ -319,10 +316,54 @@ impl Trainer {
         &self.progress
     }
 
-    /// Restores a saved position (with [`forward_opt`](Self::forward_opt) and
-    /// [`feedback_opt`](Self::feedback_opt) restored by the caller); the learning rate
-    /// follows the schedule.
-    pub fn restore_progress(&mut self, progress: Progress) {
+    /// The network.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The network, to read or edit its state ([`Model::visit_state_mut`] checks every
+    /// write). The rule was built for this model's feedback points: a model of another
+    /// architecture swapped in makes the next step fail with a shape error.
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
+    /// The learning rule (owning its feedback matrices).
+    pub fn rule(&self) -> &dyn LearningRule {
+        self.rule.as_ref()
+    }
+
+    /// The learning rule, to read or edit its feedback matrices.
+    pub fn rule_mut(&mut self) -> &mut dyn LearningRule {
+        self.rule.as_mut()
+    }
+
+    /// The network and the rule at once (e.g. for [`measure`]).
+    pub fn parts_mut(&mut self) -> (&mut Model, &mut dyn LearningRule) {
+        (&mut self.model, self.rule.as_mut())
+    }
+
+    /// The forward parameters' optimizer.
+    pub fn forward_optimizer(&self) -> &Adam {
+        &self.forward_opt
+    }
+
+    /// The learned feedback matrices' optimizer.
+    pub fn feedback_optimizer(&self) -> &Adam {
+        &self.feedback_opt
+    }
+
+    /// Restores, together, both optimizers' step counts and moments (by parameter name, in
+    /// the parameters' storage layout) and the position; the forward learning rate follows
+    /// the schedule. The checkpoint loader's one operation on the trainer.
+    pub(crate) fn restore(
+        &mut self,
+        forward: (u64, BTreeMap<String, AdamState>),
+        feedback: (u64, BTreeMap<String, AdamState>),
+        progress: Progress,
+    ) {
+        self.forward_opt.restore(forward.0, forward.1);
+        self.feedback_opt.restore(feedback.0, feedback.1);
         self.forward_opt.set_lr(self.schedule.lr(progress.epoch));
         self.progress = progress;
     }
@@ -396,46 +437,32 @@ impl Trainer {
         let (rule, model) = (&mut self.rule, &mut self.model);
         let (feedback_opt, forward_opt) = (&mut self.feedback_opt, &mut self.forward_opt);
         let (x, targets, rng) = (&self.x, &self.targets, &mut self.progress.rng);
-        let (report, bad) = crate::parallel::run(|| -> Result<_> {
+        crate::parallel::run(|| -> Result<_> {
             let report = rule.step(model, x, targets, rng)?;
             if !report.loss.is_finite() {
-                return Ok((report, None));
+                return Err(nonfinite("loss".into()));
             }
             // The optimizers check every gradient and updated value as they go.
-            let bad_feedback = feedback_opt.step(&mut Learned(rule.as_mut()));
-            let bad_forward = forward_opt.step(model);
-            Ok((report, bad_feedback.or(bad_forward)))
-        })?;
-        if !report.loss.is_finite() {
-            return Err(nonfinite("loss".into()));
-        }
-        match bad {
-            Some(name) => Err(nonfinite(self.locate_nonfinite(&name))),
-            None => Ok(report.loss),
-        }
-    }
-
-    /// Names the tensor that holds the non-finite value: the gradient when it is not finite,
-    /// else the updated parameter.
-    fn locate_nonfinite(&mut self, param: &str) -> String {
-        let mut grad_bad = false;
-        let mut look = |name: &str, p: &mut crate::layers::Param| {
-            if name == param && !p.grad.is_finite() {
-                grad_bad = true;
-            }
-        };
-        self.model.visit_params(&mut look);
-        self.rule.visit_learned(&mut look);
-        if grad_bad {
-            format!("{param}.grad")
-        } else {
-            param.to_string()
-        }
+            let feedback = feedback_opt.step(&mut Learned(rule.as_mut()));
+            let forward = forward_opt.step(model);
+            feedback.and(forward).map_err(|e| match e {
+                Error::NonFiniteUpdate { tensor } => nonfinite(tensor),
+                other => other,
+            })?;
+            Ok(report.loss)
+        })
     }
 
     /// The shape of a batch of `m` samples of `source` as the model takes it, which must hold
-    /// as many values per sample as the source gives.
+    /// as many values per sample as the source gives, and have a logit for every class of
+    /// the source: checked before the first batch.
     fn batch_shape(&self, m: usize, source: &dyn DataSource) -> Result<Vec<usize>> {
+        if source.classes() > self.model.classes() {
+            return Err(Error::ClassMismatch {
+                data: source.classes(),
+                model: self.model.classes(),
+            });
+        }
         let given: usize = source.sample_shape().iter().product();
         let mut shape = vec![m];
         shape.extend_from_slice(self.model.input_shape());
@@ -474,7 +501,9 @@ impl Trainer {
     /// Test loss and accuracy (percent) in inference mode.
     ///
     /// # Errors
-    /// [`Error::Shape`] when the data does not fit the model; whatever the source reports.
+    /// [`Error::Shape`] when the samples do not fit the model; [`Error::ClassMismatch`] when
+    /// the data has more classes than the model has logits; [`Error::LabelOutOfRange`] for a
+    /// label not below the model's classes; whatever the source reports.
     pub fn evaluate(&mut self, test: &dyn DataSource) -> Result<(f64, f64)> {
         let n = test.len();
         let bs = self.config.batch_size;
@@ -496,12 +525,14 @@ impl Trainer {
             targets.resize(m, 0);
             test.fill_batch(&indices, 0, x.data_mut(), &mut targets)?;
             let logits = self.model.infer(&x)?;
-            if let Some(t) = targets.iter().find(|&&t| t >= classes) {
-                return Err(Error::shape(
-                    "evaluate",
-                    format!("targets below {classes}"),
-                    &[*t],
-                ));
+            if let Some((index, &label)) = targets.iter().enumerate().find(|&(_, &t)| t >= classes)
+            {
+                return Err(Error::LabelOutOfRange {
+                    context: "evaluate".into(),
+                    label,
+                    index,
+                    classes,
+                });
             }
             for (rows, ts) in logits.data().chunks(bs * classes).zip(targets.chunks(bs)) {
                 let (sum, ok) = evaluate_rows(rows, classes, ts);
