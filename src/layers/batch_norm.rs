@@ -31,7 +31,8 @@ pub struct BatchNormConfig {
     pub eps: f32,
     /// Weight of the new batch statistics in the running averages.
     pub momentum: f32,
-    /// The layer's name (default `bn`).
+    /// The layer's name (default: none, and [`Model::new`](crate::model::Model::new) names
+    /// the layer by its position).
     pub name: String,
 }
 
@@ -43,7 +44,7 @@ impl BatchNormConfig {
             spatial: false,
             eps: 1e-5,
             momentum: 0.1,
-            name: "bn".into(),
+            name: String::new(),
         }
     }
 
@@ -79,14 +80,19 @@ impl BatchNormConfig {
     /// [`Error::InvalidConfig`] for zero features, a non-positive `eps` or a momentum outside
     /// `[0, 1]`.
     pub fn init(&self) -> Result<BatchNorm> {
+        let label = if self.name.is_empty() {
+            "BatchNorm"
+        } else {
+            &self.name
+        };
         if self.features == 0 {
-            return Err(Error::config(&self.name, "features", "must be positive"));
+            return Err(Error::config(label, "features", "must be positive"));
         }
         if self.eps.is_nan() || self.eps <= 0.0 {
-            return Err(Error::config(&self.name, "eps", "must be positive"));
+            return Err(Error::config(label, "eps", "must be positive"));
         }
         if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(Error::config(&self.name, "momentum", "must lie in [0, 1]"));
+            return Err(Error::config(label, "momentum", "must lie in [0, 1]"));
         }
         let f = self.features;
         Ok(BatchNorm {
@@ -449,6 +455,10 @@ impl BatchNorm {
 impl Layer for BatchNorm {
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    fn set_name(&mut self, name: &str) {
+        self.config.name = name.to_string();
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

@@ -41,7 +41,8 @@ pub struct Conv2dConfig {
     pub padding: usize,
     /// Whether the layer has a bias (default `true`).
     pub bias: bool,
-    /// The layer's name (default `conv`).
+    /// The layer's name (default: none, and [`Model::new`](crate::model::Model::new) names
+    /// the layer by its position).
     pub name: String,
 }
 
@@ -55,7 +56,7 @@ impl Conv2dConfig {
             stride: 1,
             padding: 0,
             bias: true,
-            name: "conv".into(),
+            name: String::new(),
         }
     }
 
@@ -96,7 +97,12 @@ impl Conv2dConfig {
             ("stride", self.stride),
         ] {
             if v == 0 {
-                return Err(Error::config(&self.name, field, "must be positive"));
+                let label = if self.name.is_empty() {
+                    "Conv2d"
+                } else {
+                    &self.name
+                };
+                return Err(Error::config(label, field, "must be positive"));
             }
         }
         let fan_in = self.c_in * self.kernel * self.kernel;
@@ -277,6 +283,10 @@ fn plane_sum(x: &[f32]) -> f32 {
 impl Layer for Conv2d {
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    fn set_name(&mut self, name: &str) {
+        self.config.name = name.to_string();
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

@@ -29,7 +29,8 @@ pub struct LinearConfig {
     pub d_out: usize,
     /// Whether the layer has a bias (default `true`).
     pub bias: bool,
-    /// The layer's name (default `linear`).
+    /// The layer's name (default: none, and [`Model::new`](crate::model::Model::new) names
+    /// the layer by its position).
     pub name: String,
 }
 
@@ -40,7 +41,7 @@ impl LinearConfig {
             d_in,
             d_out,
             bias: true,
-            name: "linear".into(),
+            name: String::new(),
         }
     }
 
@@ -64,7 +65,12 @@ impl LinearConfig {
     pub fn init(&self, rng: &mut Rng) -> Result<Linear> {
         for (field, v) in [("d_in", self.d_in), ("d_out", self.d_out)] {
             if v == 0 {
-                return Err(Error::config(&self.name, field, "must be positive"));
+                let label = if self.name.is_empty() {
+                    "Linear"
+                } else {
+                    &self.name
+                };
+                return Err(Error::config(label, field, "must be positive"));
             }
         }
         let bound = default_bound(self.d_in);
@@ -203,6 +209,10 @@ impl Linear {
 impl Layer for Linear {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

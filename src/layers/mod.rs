@@ -321,8 +321,16 @@ pub enum StateMut<'a> {
 /// Shapes include the batch axis. Implementations check their input's shape on entry and
 /// return [`Error::Shape`] naming the layer; past that point they may assume it.
 pub trait Layer: Send + Sync + Debug {
-    /// The layer's name, e.g. `fc_hidden.0`; used in errors and in parameter paths.
+    /// The layer's name, e.g. `fc_hidden.0`; used in errors and in parameter paths. Empty
+    /// for a layer the user did not name: [`Model::new`](crate::model::Model::new) then names
+    /// it by its position.
     fn name(&self) -> &str;
+
+    /// Sets the name; [`Model::new`](crate::model::Model::new) calls it on every unnamed
+    /// layer with its position, `<block>.<layer>` (PyTorch's path in a sequence of
+    /// sequences). A layer that keeps no name may ignore it, but then its state must be
+    /// named apart by hand.
+    fn set_name(&mut self, _name: &str) {}
 
     /// The output shape for an input shape.
     ///

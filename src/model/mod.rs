@@ -117,6 +117,47 @@ pub struct Model {
     param_counts: Vec<Vec<usize>>,
 }
 
+/// Names every unnamed layer by its position and checks that the names of the layers with
+/// state and of the feedback points are unique (they become the `state_dict` paths).
+fn name_layers(blocks: &mut [Block]) -> Result<()> {
+    let mut layers = std::collections::HashMap::new();
+    let mut points = std::collections::HashMap::new();
+    for (b, block) in blocks.iter_mut().enumerate() {
+        for (j, layer) in block.layers.iter_mut().enumerate() {
+            if layer.name().is_empty() {
+                layer.set_name(&format!("{b}.{j}"));
+            }
+            let name = layer.name().to_string();
+            let mut stateful = false;
+            layer.visit_state(&mut |_, _| stateful = true);
+            // Only state is saved under the layer's name; a stateless layer's name is for
+            // its errors alone.
+            if name.is_empty() || !stateful {
+                continue;
+            }
+            if let Some((b0, j0)) = layers.insert(name.clone(), (b, j)) {
+                return Err(Error::config(
+                    "model",
+                    "names",
+                    format!(
+                        "layers {b0}.{j0} and {b}.{j} are both named `{name}`; parameter paths must be unique"
+                    ),
+                ));
+            }
+        }
+        if let Some(point) = &block.feedback
+            && let Some(b0) = points.insert(point.clone(), b)
+        {
+            return Err(Error::config(
+                "model",
+                "names",
+                format!("the feedback points of blocks {b0} and {b} are both named `{point}`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The number of trainable parameters of a layer.
 fn param_count(layer: &dyn Layer) -> usize {
     let mut count = 0;
@@ -128,11 +169,41 @@ impl Model {
     /// Assembles blocks into a model taking samples of `input_shape` (without the batch
     /// axis), checking the whole chain once.
     ///
+    /// Every layer without a name is named by its position, `<block>.<layer>` (its
+    /// parameters are then `0.1.weight`, as in PyTorch's nested `nn.Sequential`); names the
+    /// user gave are kept, and those of layers with state must be unique, as must the
+    /// feedback points' names.
+    ///
+    /// ```
+    /// use fdfa::layers::{LinearConfig, Relu};
+    /// use fdfa::model::{Block, Model};
+    /// let mut rng = fdfa::init::rng(0);
+    /// let blocks = |second: &str, rng: &mut fdfa::init::Rng| -> fdfa::Result<Vec<Block>> {
+    ///     Ok(vec![
+    ///         Block::hidden("h", vec![
+    ///             Box::new(LinearConfig::new(4, 8).init(rng)?),
+    ///             Box::new(Relu::new("relu")),
+    ///         ]),
+    ///         Block::output(vec![Box::new(LinearConfig::new(8, 2).with_name(second).init(rng)?)]),
+    ///     ])
+    /// };
+    /// let model = Model::new(&[4], blocks("out", &mut rng)?)?;
+    /// let mut names = Vec::new();
+    /// model.visit_state(&mut |name, _| names.push(name.to_string()));
+    /// assert_eq!(names, ["0.0.weight", "0.0.bias", "out.weight", "out.bias"]);
+    ///
+    /// let err = Model::new(&[4], blocks("0.0", &mut rng)?).unwrap_err();
+    /// assert!(err.to_string().contains("layers 0.0 and 1.0 are both named `0.0`"), "{err}");
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Shape`] when a layer cannot take its predecessor's output;
     /// [`Error::InvalidConfig`] when there are no blocks, a hidden block lacks a feedback
-    /// point, the last block has one, or the output is not `[N, classes]`.
-    pub fn new(input_shape: &[usize], blocks: Vec<Block>) -> Result<Self> {
+    /// point, the last block has one, the output is not `[N, classes]`, or two layers with
+    /// state (or two feedback points) have the same name.
+    pub fn new(input_shape: &[usize], mut blocks: Vec<Block>) -> Result<Self> {
+        name_layers(&mut blocks)?;
         let Some(last) = blocks.last() else {
             return Err(Error::config(
                 "model",

@@ -201,9 +201,12 @@ impl Adam {
         name: &str,
         param: &ParamRef<'_>,
     ) -> Option<(Cow<'a, Tensor>, Cow<'a, Tensor>)> {
-        self.states
-            .get(name)
-            .map(|s| (param.torch_view(&s.exp_avg), param.torch_view(&s.exp_avg_sq)))
+        self.states.get(name).map(|s| {
+            (
+                param.torch_view(&s.exp_avg),
+                param.torch_view(&s.exp_avg_sq),
+            )
+        })
     }
 
     pub(crate) fn states(&self) -> &BTreeMap<String, AdamState> {
