@@ -225,7 +225,6 @@ impl Args {
             weight_decay: self.weight_decay,
             feedback_decay: self.feedback_decay,
             seed: self.seed,
-            dry_run: self.dry_run,
         }
     }
 }

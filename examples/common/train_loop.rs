@@ -184,9 +184,11 @@ pub fn train_loop_with(
                 } else {
                     None
                 };
-                match pause {
-                    Some(_) => ControlFlow::Break(()),
-                    None => ControlFlow::Continue(()),
+                // A dry run is one batch: the command line's business, not the trainer's.
+                if pause.is_some() || args.dry_run {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
             });
             // The rows measured so far, also when the epoch stopped on an error.

@@ -49,8 +49,6 @@ pub struct TrainConfig {
     pub feedback_decay: f32,
     /// Seed of every random choice of the run.
     pub seed: u64,
-    /// Stop after the first batch (a smoke test of the whole pipeline).
-    pub dry_run: bool,
 }
 
 impl Default for TrainConfig {
@@ -65,7 +63,6 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             feedback_decay: 0.0,
             seed: 1,
-            dry_run: false,
         }
     }
 }
@@ -418,7 +415,7 @@ impl Trainer {
                 running_loss: self.progress.loss_sum / (b + 1) as f64,
                 samples: m,
             };
-            if on_batch(&event).is_break() || self.config.dry_run {
+            if on_batch(&event).is_break() {
                 return Ok(None);
             }
         }
@@ -547,8 +544,10 @@ impl Trainer {
         ))
     }
 
-    /// Trains until every epoch has run (or one batch with `dry_run`), calling `on_batch`
-    /// after every batch; returns the epoch records.
+    /// Trains until every epoch has run, calling `on_batch` after every batch; returns the
+    /// epoch records. When `on_batch` returns `Break`, training stops after that batch with
+    /// the position saved in [`progress`](Self::progress) (a smoke test of one batch, a
+    /// checkpoint, Ctrl-C), and the records of the completed epochs are returned.
     ///
     /// # Errors
     /// As [`train_epoch`](Self::train_epoch) and [`evaluate`](Self::evaluate).
@@ -563,13 +562,7 @@ impl Trainer {
                 Some(loss) => {
                     self.finish_epoch(loss, test)?;
                 }
-                None => {
-                    if self.config.dry_run {
-                        let loss = self.progress.loss_sum;
-                        self.finish_epoch(loss, test)?;
-                    }
-                    break;
-                }
+                None => break,
             }
         }
         Ok(self.progress.records.clone())

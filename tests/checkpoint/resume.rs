@@ -6,7 +6,7 @@ use std::fs;
 use fdfa::layers::State;
 use fdfa::rules::RuleKind;
 use fdfa::train::CsvLog;
-use fdfa::train::checkpoint::{Interruption, load_trainer, save_trainer, save_trainer_interrupted};
+use fdfa::train::checkpoint::{load_trainer, save_trainer};
 use fdfa::{Error, train::checkpoint::RunInfo};
 
 use super::{Setup, TempDir, assert_same, epoch, go, in_pieces, snapshot, whole};
@@ -83,9 +83,15 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_whole() {
     let after_one = snapshot(&mut t);
     epoch(&mut t, &mut log, &mut go);
 
-    // A crash before the tensor file's rename, then one before the state's rename.
-    save_trainer_interrupted(&ckpt, &mut t, &run, Interruption::BeforeTensorsRename).unwrap();
-    save_trainer_interrupted(&ckpt, &mut t, &run, Interruption::BeforeStateRename).unwrap();
+    // What a crash before the tensor file's rename leaves (the new tensor file under its
+    // temporary name), then one before the state's rename (the next tensor file in place,
+    // the state not yet pointing to it): the files of a complete save, renamed as a save
+    // names them on the way.
+    let scratch = tmp.path().join("scratch");
+    save_trainer(&scratch, &mut t, &run).unwrap();
+    let written = scratch.join("model-000001.safetensors");
+    fs::copy(&written, ckpt.join("model-000002.safetensors.tmp")).unwrap();
+    fs::copy(&written, ckpt.join("model-000003.safetensors")).unwrap();
     // And a temporary file that a crash cut short.
     fs::write(ckpt.join("state.json.tmp"), b"{\"format\": \"fdfa-chec").unwrap();
     assert_eq!(

@@ -153,16 +153,6 @@ impl RunInfo {
     }
 }
 
-/// Where an interrupted save stops (for tests of crash safety).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Interruption {
-    /// The new tensor file is written and synced, not renamed.
-    BeforeTensorsRename,
-    /// The tensor file is in place; the new `state.json` is written and synced, not renamed.
-    BeforeStateRename,
-}
-
 /// Yields a model's state to a tensor-file visitor, in PyTorch's layout.
 fn visit_model(model: &Model, f: &mut dyn FnMut(&str, Item<'_>)) {
     model.visit_state(&mut |name, state| match state {
@@ -292,29 +282,10 @@ fn apply_model(model: &mut Model, staged: Vec<Staged>) {
 /// [`Error::Io`] when a file cannot be written; [`Error::NonFinite`] when the running loss
 /// or an epoch record is not finite (JSON cannot hold it).
 pub fn save_trainer(dir: impl AsRef<Path>, trainer: &mut Trainer, run: &RunInfo) -> Result<()> {
-    save(dir.as_ref(), trainer, run, None)
+    save(dir.as_ref(), trainer, run)
 }
 
-/// [`save_trainer`] stopped at `at`, as a crash would stop it.
-///
-/// # Errors
-/// As [`save_trainer`].
-#[doc(hidden)]
-pub fn save_trainer_interrupted(
-    dir: &Path,
-    trainer: &mut Trainer,
-    run: &RunInfo,
-    at: Interruption,
-) -> Result<()> {
-    save(dir, trainer, run, Some(at))
-}
-
-fn save(
-    dir: &Path,
-    trainer: &mut Trainer,
-    run: &RunInfo,
-    stop: Option<Interruption>,
-) -> Result<()> {
+fn save(dir: &Path, trainer: &mut Trainer, run: &RunInfo) -> Result<()> {
     check_finite(&trainer.progress)?;
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let generation = existing_generations(dir)?.into_iter().max().unwrap_or(0) + 1;
@@ -343,8 +314,7 @@ fn save(
         progress: trainer.progress.clone(),
         run: run.clone(),
     };
-    let rename = stop != Some(Interruption::BeforeTensorsRename);
-    tensor_file::write(&dir.join(&tensors), rename, &mut |f| {
+    tensor_file::write(&dir.join(&tensors), true, &mut |f| {
         visit_model(&trainer.model, f);
         if let Some(feedback) = trainer.rule.feedback() {
             for (name, m) in feedback.names().iter().zip(feedback.matrices()) {
@@ -359,17 +329,10 @@ fn save(
             f,
         );
     })?;
-    if !rename {
-        return Ok(());
-    }
     let json = serde_json::to_vec_pretty(&state)
         .map_err(|e| bad(dir, format!("cannot write {STATE_FILE}: {e}")))?;
-    let rename = stop != Some(Interruption::BeforeStateRename);
-    write_atomic(&dir.join(STATE_FILE), rename, |out| out.write_all(&json))?;
-    if rename {
-        remove_stale(dir, &tensors)?;
-    }
-    Ok(())
+    write_atomic(&dir.join(STATE_FILE), true, |out| out.write_all(&json))?;
+    remove_stale(dir, &tensors)
 }
 
 /// Whether an optimizer has no moments yet, or one pair per parameter of its group, each
