@@ -8,14 +8,14 @@ mod download;
 mod train_loop;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use fdfa::data::{Augmented, CIFAR100_SIZE, DataSource, DatasetName};
-use fdfa::diagnostics::{AlignmentLog, MeasureConfig, alignment_log_path};
+use fdfa::diagnostics::{AlignmentLog, AlignmentProbe, MeasureConfig, alignment_log_path};
 use fdfa::model::Model;
 use fdfa::rules::RuleKind;
 use fdfa::train::checkpoint::{self, RunInfo};
@@ -411,10 +411,26 @@ fn run(
                 repeats: args.alignment_repeats as usize,
                 jacobian_samples: args.alignment_jacobian_samples.map(|m| m as usize),
             };
-            trainer.measure_alignment(every as usize, config)?;
+            // Measured before each due step, on that step's batch, by a trainer hook.
+            let probe = Arc::new(Mutex::new(AlignmentProbe::new(every as usize, config)?));
+            let hook = probe.clone();
+            trainer.set_before_step(Some(Box::new(move |mut step| {
+                let position = (step.epoch, step.batch, step.batches);
+                match hook.lock() {
+                    Ok(mut probe) => probe.observe(
+                        step.model,
+                        step.rule,
+                        step.x,
+                        step.targets,
+                        position,
+                        &mut step.rng,
+                    ),
+                    Err(_) => Ok(()),
+                }
+            })));
             let path = alignment_log_path(&log_path);
             println!("alignment every {every} batches to {}", path.display());
-            Some(AlignmentLog::open(&path)?)
+            Some((AlignmentLog::open(&path)?, probe))
         }
         None => None,
     };

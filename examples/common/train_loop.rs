@@ -5,10 +5,11 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fdfa::data::DataSource;
-use fdfa::diagnostics::AlignmentLog;
+use fdfa::diagnostics::{AlignmentLog, AlignmentProbe};
 use fdfa::layers::StateMut;
 use fdfa::train::checkpoint::{self, RunInfo};
 use fdfa::train::{CsvLog, Trainer};
@@ -35,8 +36,8 @@ pub struct Saving<'a> {
     pub stop: &'a AtomicBool,
     /// The last checkpoint saved (or resumed from).
     pub last_good: &'a mut Option<PathBuf>,
-    /// Where the alignment rows go, when the trainer measures them.
-    pub alignment: Option<AlignmentLog>,
+    /// Where the alignment rows go, and the probe that measures them before training steps.
+    pub alignment: Option<(AlignmentLog, Arc<Mutex<AlignmentProbe>>)>,
 }
 
 impl Saving<'_> {
@@ -192,8 +193,8 @@ pub fn train_loop_with(
                 }
             });
             // The rows measured so far, also when the epoch stopped on an error.
-            let rows = trainer.take_alignment();
-            if let Some(alignment) = &mut saving.alignment {
+            if let Some((alignment, probe)) = &mut saving.alignment {
+                let rows = probe.lock().map(|mut p| p.take_rows()).unwrap_or_default();
                 alignment.append(&rows)?;
             }
             let p = trainer.progress();

@@ -100,6 +100,80 @@ pub struct LayerAlignment {
     pub feedback_relative_variance: Option<f64>,
 }
 
+/// A measurement every `every` batches of a training run, before that batch's update, with
+/// its rows kept until taken: what a [`Trainer::set_before_step`] hook calls (see there for
+/// an example).
+///
+/// [`Trainer::set_before_step`]: crate::train::Trainer::set_before_step
+#[derive(Clone, Debug)]
+pub struct AlignmentProbe {
+    every: usize,
+    config: MeasureConfig,
+    rows: Vec<AlignmentRow>,
+}
+
+impl AlignmentProbe {
+    /// A probe measuring every `every` batches with `config`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `every`, `config.repeats` or `config.jacobian_samples`
+    /// is zero.
+    pub fn new(every: usize, config: MeasureConfig) -> Result<Self> {
+        if every == 0 {
+            return Err(Error::config("measure", "every", "must be positive"));
+        }
+        if config.repeats == 0 {
+            return Err(Error::config("measure", "repeats", "must be at least 1"));
+        }
+        if config.jacobian_samples == Some(0) {
+            return Err(Error::config(
+                "measure",
+                "jacobian_samples",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            every,
+            config,
+            rows: Vec::new(),
+        })
+    }
+
+    /// Measures on the batch `x` (with class indices `targets`) at `(epoch, batch,
+    /// batches)` (epoch and batch from 1) when the batch is due, drawing from `rng`; nothing
+    /// that training depends on changes ([`measure`]).
+    ///
+    /// # Errors
+    /// As [`measure`].
+    pub fn observe(
+        &mut self,
+        model: &mut Model,
+        rule: &mut dyn LearningRule,
+        x: &Tensor,
+        targets: &[usize],
+        (epoch, batch, batches): (usize, usize, usize),
+        rng: &mut Rng,
+    ) -> Result<()> {
+        if !batch.is_multiple_of(self.every) {
+            return Ok(());
+        }
+        let layers = measure(model, rule, x, targets, rng, &self.config)?;
+        self.rows
+            .extend(layers.into_iter().map(|alignment| AlignmentRow {
+                epoch,
+                batch,
+                batches,
+                alignment,
+            }));
+        Ok(())
+    }
+
+    /// The rows measured since the last call.
+    pub fn take_rows(&mut self) -> Vec<AlignmentRow> {
+        std::mem::take(&mut self.rows)
+    }
+}
+
 /// Element-wise running mean and sum of squared deviations (Welford), in `f64`.
 #[derive(Clone, Debug, Default)]
 struct Moments {

@@ -19,7 +19,6 @@ use ndarray_rand::rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
-use crate::diagnostics::{AlignmentRow, MeasureConfig, measure};
 use crate::error::{Error, Result};
 use crate::init::{Rng, rng};
 use crate::loss::evaluate_rows;
@@ -178,15 +177,46 @@ pub struct Trainer {
     x: Tensor,
     targets: Vec<usize>,
     order: Vec<usize>,
-    alignment: Option<AlignmentProbe>,
+    before_step: Hook,
 }
 
-/// The opt-in alignment measurement of a trainer.
-#[derive(Debug)]
-struct AlignmentProbe {
-    every: usize,
-    config: MeasureConfig,
-    rows: Vec<AlignmentRow>,
+/// The batch a training step is about to train on, as a
+/// [`Trainer::set_before_step`] hook sees it.
+pub struct StepContext<'a> {
+    /// The network, before the step.
+    pub model: &'a mut Model,
+    /// The learning rule, before the step.
+    pub rule: &'a mut dyn LearningRule,
+    /// The batch's inputs.
+    pub x: &'a Tensor,
+    /// The batch's class indices.
+    pub targets: &'a [usize],
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// The batch within the epoch, from 1.
+    pub batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// A generator for the hook's own random numbers, derived from the run's seed, the epoch
+    /// and the batch (training's generator is not touched).
+    pub rng: Rng,
+}
+
+/// A hook run before every training step ([`Trainer::set_before_step`]).
+pub type BeforeStep = Box<dyn FnMut(StepContext<'_>) -> Result<()> + Send>;
+
+/// The trainer's optional hook, shown by `Debug` as present or not.
+#[derive(Default)]
+struct Hook(Option<BeforeStep>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(<hook>)"
+        } else {
+            "None"
+        })
+    }
 }
 
 /// A generator for one purpose of one epoch (and batch) of a run.
@@ -199,7 +229,7 @@ fn derived_rng(seed: u64, purpose: u64, epoch: usize, batch: usize) -> Rng {
 const SHUFFLE: u64 = 1;
 const AUGMENT: u64 = 2;
 const DIRECTIONS: u64 = 3;
-const ALIGNMENT: u64 = 4;
+const HOOK: u64 = 4;
 
 impl Trainer {
     /// A trainer at epoch 0.
@@ -233,74 +263,46 @@ impl Trainer {
             x: Tensor::default(),
             targets: Vec::new(),
             order: Vec::new(),
-            alignment: None,
+            before_step: Hook::default(),
         })
     }
 
-    /// Measures, every `every` batches and before that batch's update, how the rule's updates
-    /// align with backpropagation's on that batch ([`measure`]); collect the rows with
-    /// [`take_alignment`](Self::take_alignment). Training is unchanged: the measurement
-    /// restores what it touches and draws its directions from its own generator, derived
-    /// from the seed, the epoch and the batch.
+    /// Sets (or, with `None`, removes) a hook that runs before every training step on the
+    /// batch the step is about to train on, e.g. a diagnostic such as
+    /// [`AlignmentProbe`](crate::diagnostics::AlignmentProbe). The hook must leave the model
+    /// and the rule as it found them for training to be unchanged; its random numbers come
+    /// from [`StepContext::rng`], not from training's generator.
     ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] when `every` or `config.repeats` is zero.
-    pub fn measure_alignment(&mut self, every: usize, config: MeasureConfig) -> Result<()> {
-        if every == 0 {
-            return Err(Error::config(
-                "training",
-                "alignment_every",
-                "must be positive",
-            ));
-        }
-        if config.repeats == 0 {
-            return Err(Error::config("measure", "repeats", "must be at least 1"));
-        }
-        self.alignment = Some(AlignmentProbe {
-            every,
-            config,
-            rows: Vec::new(),
-        });
-        Ok(())
-    }
-
-    /// The alignment rows measured since the last call (empty when not measuring).
-    pub fn take_alignment(&mut self) -> Vec<AlignmentRow> {
-        self.alignment
-            .as_mut()
-            .map(|p| std::mem::take(&mut p.rows))
-            .unwrap_or_default()
-    }
-
-    /// Runs the alignment measurement on the batch in `self.x` when it is due.
-    fn probe(&mut self, epoch: usize, batch: usize, batches: usize) -> Result<()> {
-        let Some(probe) = &self.alignment else {
-            return Ok(());
-        };
-        if !(batch + 1).is_multiple_of(probe.every) {
-            return Ok(());
-        }
-        let config = probe.config;
-        let mut rng = derived_rng(self.config.seed, ALIGNMENT, epoch, batch);
-        let result = measure(
-            &mut self.model,
-            self.rule.as_mut(),
-            &self.x,
-            &self.targets,
-            &mut rng,
-            &config,
-        );
-        if let Some(probe) = &mut self.alignment {
-            probe
-                .rows
-                .extend(result?.into_iter().map(|alignment| AlignmentRow {
-                    epoch,
-                    batch: batch + 1,
-                    batches,
-                    alignment,
-                }));
-        }
-        Ok(())
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use std::sync::{Arc, Mutex};
+    /// use fdfa::data::Dataset;
+    /// use fdfa::diagnostics::{AlignmentProbe, MeasureConfig};
+    /// use fdfa::rules::RuleKind;
+    /// use fdfa::train::{TrainConfig, Trainer};
+    ///
+    /// let pixels: Vec<u8> = (0..64 * 16).map(|i| ((i * 37) % 256) as u8).collect();
+    /// let labels: Vec<u32> = (0..64).map(|i| (i % 2) as u32).collect();
+    /// let data = Dataset::new(pixels, labels, [1, 4, 4], 2)?;
+    /// let mut rng = fdfa::init::rng(0);
+    /// let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
+    /// let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
+    /// let config = TrainConfig { batch_size: 16, epochs: 1, ..TrainConfig::default() };
+    /// let mut trainer = Trainer::new(model, rule, config)?;
+    /// let probe = Arc::new(Mutex::new(AlignmentProbe::new(2, MeasureConfig::default())?));
+    /// let hook = probe.clone();
+    /// trainer.set_before_step(Some(Box::new(move |mut step| {
+    ///     let position = (step.epoch, step.batch, step.batches);
+    ///     let mut probe = hook.lock().unwrap();
+    ///     probe.observe(step.model, step.rule, step.x, step.targets, position, &mut step.rng)
+    /// })));
+    /// trainer.fit(&data, &data, &mut |_| ControlFlow::Continue(()))?;
+    /// // Batches 2 and 4 of 4, one row per hidden block.
+    /// assert_eq!(probe.lock().unwrap().take_rows().len(), 2);
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    pub fn set_before_step(&mut self, hook: Option<BeforeStep>) {
+        self.before_step = Hook(hook);
     }
 
     /// The settings.
@@ -402,7 +404,18 @@ impl Trainer {
             self.targets.resize(m, 0);
             let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
             train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
-            self.probe(epoch, b, batches)?;
+            if let Some(hook) = &mut self.before_step.0 {
+                hook(StepContext {
+                    model: &mut self.model,
+                    rule: self.rule.as_mut(),
+                    x: &self.x,
+                    targets: &self.targets,
+                    epoch,
+                    batch: b + 1,
+                    batches,
+                    rng: derived_rng(self.config.seed, HOOK, epoch, b),
+                })?;
+            }
             // Batches are counted from 1 in errors, as in the progress lines.
             let report = self.step(epoch, b + 1)?;
             self.progress.batch += 1;

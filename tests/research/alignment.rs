@@ -3,9 +3,10 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use fdfa::data::{DataSource, Dataset, load_mnist};
-use fdfa::diagnostics::{LayerAlignment, MeasureConfig, batch_jacobians, measure};
+use fdfa::diagnostics::{AlignmentProbe, LayerAlignment, MeasureConfig, batch_jacobians, measure};
 use fdfa::init::rng;
 use fdfa::layers::State;
 use fdfa::model::{Model, fc};
@@ -125,11 +126,27 @@ fn measuring_does_not_change_training() -> Result<()> {
                 ..TrainConfig::default()
             };
             let mut trainer = Trainer::new(model, rule, config)?;
+            let measured = Arc::new(Mutex::new(AlignmentProbe::new(
+                2,
+                MeasureConfig::default(),
+            )?));
             if probe {
-                trainer.measure_alignment(2, MeasureConfig::default())?;
+                let hook = measured.clone();
+                trainer.set_before_step(Some(Box::new(move |mut step| {
+                    let position = (step.epoch, step.batch, step.batches);
+                    let mut probe = hook.lock().unwrap();
+                    probe.observe(
+                        step.model,
+                        step.rule,
+                        step.x,
+                        step.targets,
+                        position,
+                        &mut step.rng,
+                    )
+                })));
             }
             let records = trainer.fit(&data, &data, &mut |_| ControlFlow::Continue(()))?;
-            let rows = trainer.take_alignment();
+            let rows = measured.lock().unwrap().take_rows();
             let (model, rule) = trainer.parts_mut();
             let end = state(model, rule);
             runs.push((records, end, trainer.progress().clone(), rows));
