@@ -4,15 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use fdfa::layers::{
-    AdaptiveAvgPool2d, BatchNormConfig, Conv2dConfig, Flatten, Layer, LinearConfig, MaxPool2d,
-    Relu, State, StateMut,
-};
-use fdfa::model::{Block, Model};
+use fdfa::layers::{State, StateMut};
+use fdfa::model::Model;
 use fdfa::optim::{AdamConfig, Parameters};
 use fdfa::rules::{Dfa, Dkp, Fdfa, Learned, LearningRule};
 use fdfa::{Tensor, init};
 use serde_json::Value;
+
+mod common;
+
+use common::models::{golden_cnn, golden_fc};
 
 const REL: f64 = 1e-4;
 const ABS: f64 = 1e-6;
@@ -72,121 +73,6 @@ fn assert_close_scaled(what: &str, got: &[f32], want: &[f64], scale: &[f64]) {
         got[i],
         want[i]
     );
-}
-
-fn boxed(l: impl Layer + 'static) -> Box<dyn Layer> {
-    Box::new(l)
-}
-
-fn fc_model() -> Model {
-    let mut rng = init::rng(0);
-    let blocks = vec![
-        Block::hidden(
-            "fc_dfa.0",
-            vec![
-                boxed(
-                    LinearConfig::new(6, 5)
-                        .with_name("fc_hidden.0")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(
-                    BatchNormConfig::d1(5)
-                        .with_name("bn_hidden.0")
-                        .init()
-                        .unwrap(),
-                ),
-                boxed(Relu::new("relu.0")),
-            ],
-        ),
-        Block::hidden(
-            "fc_dfa.1",
-            vec![
-                boxed(
-                    LinearConfig::new(5, 4)
-                        .with_name("fc_hidden.1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(
-                    BatchNormConfig::d1(4)
-                        .with_name("bn_hidden.1")
-                        .init()
-                        .unwrap(),
-                ),
-                boxed(Relu::new("relu.1")),
-            ],
-        ),
-        Block::output(vec![boxed(
-            LinearConfig::new(4, 3)
-                .with_name("fc_out")
-                .init(&mut rng)
-                .unwrap(),
-        )]),
-    ];
-    Model::new(&[6], blocks).unwrap()
-}
-
-fn cnn_model() -> Model {
-    let mut rng = init::rng(0);
-    let blocks = vec![
-        Block::hidden(
-            "conv_1_dfa",
-            vec![
-                boxed(
-                    Conv2dConfig::new(2, 3, 3)
-                        .with_padding(1)
-                        .with_name("conv_1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(BatchNormConfig::d2(3).with_name("bn_1").init().unwrap()),
-                boxed(Relu::new("relu_1")),
-            ],
-        ),
-        Block::hidden(
-            "conv_2_dfa",
-            vec![
-                boxed(
-                    Conv2dConfig::new(3, 4, 3)
-                        .with_padding(1)
-                        .with_name("conv_2")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(BatchNormConfig::d2(4).with_name("bn_2").init().unwrap()),
-                boxed(Relu::new("relu_2")),
-                boxed(MaxPool2d::new("pool", 3, 2).unwrap()),
-                boxed(AdaptiveAvgPool2d::new("avgpool", 2, 2).unwrap()),
-                boxed(Flatten::new("flatten")),
-            ],
-        ),
-        Block::hidden(
-            "linear_1_dfa",
-            vec![
-                boxed(
-                    LinearConfig::new(16, 5)
-                        .with_name("linear_1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(
-                    BatchNormConfig::d1(5)
-                        .with_name("linear_1_bn")
-                        .init()
-                        .unwrap(),
-                ),
-                boxed(Relu::new("relu_3")),
-            ],
-        ),
-        Block::output(vec![boxed(
-            LinearConfig::new(5, 3)
-                .with_name("fc_out")
-                .init(&mut rng)
-                .unwrap(),
-        )]),
-    ];
-    Model::new(&[2, 8, 8], blocks).unwrap()
 }
 
 fn adam(v: &Value) -> fdfa::optim::Adam {
@@ -267,9 +153,9 @@ fn run(file: &str) {
     .unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     let mut model = if doc["case"] == "fc" {
-        fc_model()
+        golden_fc()
     } else {
-        cnn_model()
+        golden_cnn()
     };
     let kind = doc["rule"].as_str().unwrap();
     let mut rng = init::rng(0);

@@ -4,28 +4,17 @@
 
 use std::sync::{Arc, Mutex};
 
-use fdfa::layers::{
-    BatchNormConfig, Conv2dConfig, Flatten, Layer, LinearConfig, MaxPool2d, Relu, State, StateMut,
-};
+use fdfa::layers::{BatchNormConfig, Layer, LinearConfig, Relu, State, StateMut};
 use fdfa::loss::cross_entropy;
 use fdfa::model::{Block, Model};
 use fdfa::optim::{AdamConfig, Parameters};
 use fdfa::rules::{Bp, Dfa, Dkp, Fdfa, Learned, LearningRule, RuleKind};
 use fdfa::{Dual, Result, Tensor, init};
 
-fn boxed(l: impl Layer + 'static) -> Box<dyn Layer> {
-    Box::new(l)
-}
+mod common;
 
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut t = Tensor::zeros(shape);
-    init::fill_normal(t.data_mut(), &mut init::rng(seed));
-    t
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
-}
+use common::models::{boxed, plain_fc, small_cnn};
+use common::{dot, randn};
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt())
@@ -189,59 +178,6 @@ fn dfa_and_dkp_deliver_e_b_and_dkp_learns_e_transpose_h() {
     }
 }
 
-/// A network whose gradients the finite-difference checks below exercise: a conv block
-/// with BatchNorm2d and max pooling, a linear block with BatchNorm1d, and the output layer.
-///
-/// The pool sits before the feedback point: ReLU outputs are often exactly 0, and a window of
-/// tied zeros makes the max a kink along a direction added after the ReLU, where central
-/// differences stop measuring the (first-maximum) derivative PyTorch and this crate use.
-fn small_cnn(seed: u64) -> Model {
-    let mut rng = init::rng(seed);
-    let blocks = vec![
-        Block::hidden(
-            "conv_1_dfa",
-            vec![
-                boxed(
-                    Conv2dConfig::new(2, 3, 3)
-                        .with_padding(1)
-                        .with_name("conv_1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(BatchNormConfig::d2(3).with_name("bn_1").init().unwrap()),
-                boxed(Relu::new("relu_1")),
-                boxed(MaxPool2d::new("pool", 2, 2).unwrap()),
-            ],
-        ),
-        Block::hidden(
-            "linear_1_dfa",
-            vec![
-                boxed(Flatten::new("flatten")),
-                boxed(
-                    LinearConfig::new(3 * 3 * 3, 5)
-                        .with_name("linear_1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(
-                    BatchNormConfig::d1(5)
-                        .with_name("linear_1_bn")
-                        .init()
-                        .unwrap(),
-                ),
-                boxed(Relu::new("relu_2")),
-            ],
-        ),
-        Block::output(vec![boxed(
-            LinearConfig::new(5, 3)
-                .with_name("fc_out")
-                .init(&mut rng)
-                .unwrap(),
-        )]),
-    ];
-    Model::new(&[2, 6, 6], blocks).unwrap()
-}
-
 fn loss_of(model: &mut Model, x: &Tensor, targets: &[usize]) -> f64 {
     let logits = model
         .forward(x, &mut |_, _| Ok(()))
@@ -379,31 +315,6 @@ fn fdfa_output_tangent_sums_the_directional_derivatives_and_feeds_back_b_minus_m
             .collect();
         assert_exact(&format!("FDFA feedback grad {l}"), b.grad.data(), &want);
     }
-}
-
-/// FC 10 -> 16 -> 16 -> 3 with ReLU and no BatchNorm.
-fn plain_fc(seed: u64) -> Model {
-    let mut rng = init::rng(seed);
-    let mut lin = |a, b, name: &str| {
-        boxed(
-            LinearConfig::new(a, b)
-                .with_name(name)
-                .init(&mut rng)
-                .unwrap(),
-        )
-    };
-    let blocks = vec![
-        Block::hidden(
-            "fc_dfa.0",
-            vec![lin(10, 16, "fc_hidden.0"), boxed(Relu::new("r0"))],
-        ),
-        Block::hidden(
-            "fc_dfa.1",
-            vec![lin(16, 16, "fc_hidden.1"), boxed(Relu::new("r1"))],
-        ),
-        Block::output(vec![lin(16, 3, "fc_out")]),
-    ];
-    Model::new(&[10], blocks).unwrap()
 }
 
 /// The batch-mean Jacobian of the logits with respect to `h_l`, `[classes, D_l]`, by

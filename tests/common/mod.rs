@@ -15,6 +15,8 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+pub mod models;
+
 use fdfa::layers::{Layer, Param, ParamMut, State, StateMut};
 use fdfa::{Dual, Error, Tensor};
 
