@@ -215,17 +215,16 @@ impl Args {
 
     /// The trainer settings these flags describe.
     pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            batch_size: self.batch_size as usize,
-            test_batch_size: self.test_batch_size as usize,
-            epochs: self.epochs,
-            lr: self.lr,
-            b_lr: self.b_lr,
-            gamma: self.gamma,
-            weight_decay: self.weight_decay,
-            feedback_decay: self.feedback_decay,
-            seed: self.seed,
-        }
+        TrainConfig::default()
+            .with_batch_size(self.batch_size as usize)
+            .with_test_batch_size(self.test_batch_size as usize)
+            .with_epochs(self.epochs)
+            .with_lr(self.lr)
+            .with_b_lr(self.b_lr)
+            .with_gamma(self.gamma)
+            .with_weight_decay(self.weight_decay)
+            .with_feedback_decay(self.feedback_decay)
+            .with_seed(self.seed)
     }
 }
 

@@ -57,18 +57,21 @@ impl BatchNormConfig {
     }
 
     /// Sets the layer's name.
+    #[must_use]
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// Sets `eps`.
+    #[must_use]
     pub fn with_eps(mut self, eps: f32) -> Self {
         self.eps = eps;
         self
     }
 
     /// Sets the momentum of the running statistics.
+    #[must_use]
     pub fn with_momentum(mut self, momentum: f32) -> Self {
         self.momentum = momentum;
         self

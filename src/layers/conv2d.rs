@@ -61,24 +61,28 @@ impl Conv2dConfig {
     }
 
     /// Sets the stride.
+    #[must_use]
     pub fn with_stride(mut self, stride: usize) -> Self {
         self.stride = stride;
         self
     }
 
     /// Sets the zero padding.
+    #[must_use]
     pub fn with_padding(mut self, padding: usize) -> Self {
         self.padding = padding;
         self
     }
 
     /// Sets whether the layer has a bias.
+    #[must_use]
     pub fn with_bias(mut self, bias: bool) -> Self {
         self.bias = bias;
         self
     }
 
     /// Sets the layer's name.
+    #[must_use]
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self

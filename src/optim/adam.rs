@@ -41,12 +41,14 @@ impl Default for AdamConfig {
 
 impl AdamConfig {
     /// Sets the learning rate.
+    #[must_use]
     pub fn with_lr(mut self, lr: f32) -> Self {
         self.lr = lr;
         self
     }
 
     /// Sets the weight decay.
+    #[must_use]
     pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
         self.weight_decay = weight_decay;
         self

@@ -40,6 +40,7 @@ impl Fdfa {
     }
 
     /// Uses `k >= 1` directions per sample and feedback point.
+    #[must_use]
     pub fn with_directions(mut self, k: usize) -> Self {
         self.directions = k.max(1);
         self

@@ -119,13 +119,15 @@ impl Feedback {
             ));
         }
         for ((point, m), name) in points.iter().zip(&self.matrices).zip(&self.names) {
-            let mut shape = vec![model.classes()];
-            shape.extend_from_slice(&point.shape);
-            if m.value.shape() != shape {
+            // Compared in place: this runs on every step.
+            let shape = m.value.shape();
+            if shape.first() != Some(&model.classes()) || shape[1..] != point.shape[..] {
+                let mut want = vec![model.classes()];
+                want.extend_from_slice(&point.shape);
                 return Err(Error::Shape {
                     layer: format!("{name} (built for another model?)"),
-                    expected: format!("{shape:?} for feedback point {}", point.name),
-                    got: m.value.shape().to_vec(),
+                    expected: format!("{want:?} for feedback point {}", point.name),
+                    got: shape.to_vec(),
                 });
             }
         }

@@ -112,6 +112,7 @@ impl ForwardGradientActivity {
     }
 
     /// Uses `k >= 1` directions per sample.
+    #[must_use]
     pub fn with_directions(mut self, k: usize) -> Self {
         self.directions = k.max(1);
         self

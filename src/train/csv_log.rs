@@ -23,7 +23,8 @@ impl CsvLog {
     ///
     /// # Errors
     /// [`Error::Io`] when the file cannot be created or written.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         Ok(Self {
             path: path.to_path_buf(),
             file: open_appending(path, HEADER)?,
@@ -50,7 +51,8 @@ impl CsvLog {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn rewrite(path: &Path, records: &[EpochRecord]) -> Result<Self> {
+    pub fn rewrite(path: impl AsRef<Path>, records: &[EpochRecord]) -> Result<Self> {
+        let path = path.as_ref();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }

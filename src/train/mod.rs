@@ -27,8 +27,16 @@ use crate::optim::{Adam, AdamConfig, AdamState, StepLr};
 use crate::rules::{Learned, LearningRule};
 use crate::tensor::Tensor;
 
-/// The training settings; `Default` holds the reference's command-line defaults.
+/// The training settings; `Default` holds the reference's command-line defaults, and the
+/// `with_*` methods change one each (the struct may gain fields, so it is built that way).
+///
+/// ```
+/// use fdfa::train::TrainConfig;
+/// let config = TrainConfig::default().with_batch_size(16).with_epochs(3).with_lr(1e-2);
+/// assert_eq!((config.batch_size, config.epochs, config.b_lr), (16, 3, 1e-4));
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TrainConfig {
     /// Samples per training batch (64).
     pub batch_size: usize,
@@ -67,6 +75,69 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// Sets the samples per training batch.
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// Sets the samples per evaluation chunk.
+    #[must_use]
+    pub fn with_test_batch_size(mut self, test_batch_size: usize) -> Self {
+        self.test_batch_size = test_batch_size;
+        self
+    }
+
+    /// Sets the number of epochs.
+    #[must_use]
+    pub fn with_epochs(mut self, epochs: usize) -> Self {
+        self.epochs = epochs;
+        self
+    }
+
+    /// Sets the forward learning rate.
+    #[must_use]
+    pub fn with_lr(mut self, lr: f32) -> Self {
+        self.lr = lr;
+        self
+    }
+
+    /// Sets the feedback learning rate.
+    #[must_use]
+    pub fn with_b_lr(mut self, b_lr: f32) -> Self {
+        self.b_lr = b_lr;
+        self
+    }
+
+    /// Sets the per-epoch decay of the forward learning rate.
+    #[must_use]
+    pub fn with_gamma(mut self, gamma: f32) -> Self {
+        self.gamma = gamma;
+        self
+    }
+
+    /// Sets the L2 weight decay of the forward parameters.
+    #[must_use]
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    /// Sets the L2 weight decay of the feedback matrices.
+    #[must_use]
+    pub fn with_feedback_decay(mut self, feedback_decay: f32) -> Self {
+        self.feedback_decay = feedback_decay;
+        self
+    }
+
+    /// Sets the seed of every random choice of the run.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
     /// Checks every value once, so that a run cannot start with a setting it cannot honour.
     ///
     /// # Errors
@@ -158,7 +229,7 @@ pub struct Progress {
 /// let mut rng = fdfa::init::rng(0);
 /// let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
 /// let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
-/// let config = TrainConfig { batch_size: 16, epochs: 2, ..TrainConfig::default() };
+/// let config = TrainConfig::default().with_batch_size(16).with_epochs(2);
 /// let mut trainer = Trainer::new(model, rule, config)?;
 /// let records = trainer.fit(&data, &data, &mut |_| std::ops::ControlFlow::Continue(()))?;
 /// assert_eq!(records.len(), 2);
@@ -287,7 +358,7 @@ impl Trainer {
     /// let mut rng = fdfa::init::rng(0);
     /// let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
     /// let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
-    /// let config = TrainConfig { batch_size: 16, epochs: 1, ..TrainConfig::default() };
+    /// let config = TrainConfig::default().with_batch_size(16).with_epochs(1);
     /// let mut trainer = Trainer::new(model, rule, config)?;
     /// let probe = Arc::new(Mutex::new(AlignmentProbe::new(2, MeasureConfig::default())?));
     /// let hook = probe.clone();

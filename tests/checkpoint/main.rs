@@ -62,15 +62,13 @@ impl Setup {
         let mut rng = fdfa::init::rng(SEED);
         let model = fdfa::model::fc(&[1, 28, 28], self.layers, self.width, 10, &mut rng).unwrap();
         let rule = self.rule.build(&model, 1, &mut rng).unwrap();
-        let config = TrainConfig {
-            batch_size: 64,
-            test_batch_size: 256,
-            epochs: self.epochs,
-            lr: self.lr,
-            b_lr: 1e-3,
-            seed: SEED,
-            ..TrainConfig::default()
-        };
+        let config = TrainConfig::default()
+            .with_batch_size(64)
+            .with_test_batch_size(256)
+            .with_epochs(self.epochs)
+            .with_lr(self.lr)
+            .with_b_lr(1e-3)
+            .with_seed(SEED);
         Trainer::new(model, rule, config).unwrap()
     }
 }

@@ -73,7 +73,7 @@ fn files(dir: &std::path::Path) -> Vec<String> {
 fn an_interrupted_save_leaves_the_previous_checkpoint_whole() {
     let tmp = TempDir::new("interrupted-save");
     let ckpt = tmp.path().join("ckpt");
-    let mut log = CsvLog::open(&tmp.path().join("log.csv")).unwrap();
+    let mut log = CsvLog::open(tmp.path().join("log.csv")).unwrap();
     let setup = Setup::new(RuleKind::Fdfa).epochs(2);
     let run = RunInfo::default();
     let mut t = setup.trainer();
@@ -132,7 +132,7 @@ fn resuming_with_another_rule_network_or_setting_is_refused() {
     let ckpt = tmp.path().join("ckpt");
     let setup = Setup::new(RuleKind::Fdfa).epochs(1);
     let mut t = setup.trainer();
-    let mut log = CsvLog::open(&tmp.path().join("log.csv")).unwrap();
+    let mut log = CsvLog::open(tmp.path().join("log.csv")).unwrap();
     epoch(&mut t, &mut log, &mut go);
     let mut run = RunInfo::default();
     run.settings.insert("dataset".into(), "mnist".into());

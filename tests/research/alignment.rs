@@ -120,11 +120,7 @@ fn measuring_does_not_change_training() -> Result<()> {
             let mut r = rng(3);
             let model = fc(&[2, 3, 3], 2, 10, 4, &mut r)?;
             let rule = kind.build(&model, 2, &mut r)?;
-            let config = TrainConfig {
-                batch_size: 8,
-                epochs: 2,
-                ..TrainConfig::default()
-            };
+            let config = TrainConfig::default().with_batch_size(8).with_epochs(2);
             let mut trainer = Trainer::new(model, rule, config)?;
             let measured = Arc::new(Mutex::new(AlignmentProbe::new(
                 2,
@@ -181,10 +177,7 @@ fn mnist_alignment(kind: RuleKind, samples: usize) -> Result<Vec<LayerAlignment>
     let mut r = rng(1);
     let model = fc(&[1, 28, 28], 2, 800, 10, &mut r)?;
     let rule = kind.build(&model, 1, &mut r)?;
-    let config = TrainConfig {
-        epochs: 1,
-        ..TrainConfig::default()
-    };
+    let config = TrainConfig::default().with_epochs(1);
     let mut trainer = Trainer::new(model, rule, config)?;
     trainer.train_epoch(&train, &mut |_| ControlFlow::Continue(()))?;
     let config = MeasureConfig {

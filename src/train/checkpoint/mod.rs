@@ -43,7 +43,7 @@
 //!     let mut rng = fdfa::init::rng(0);
 //!     let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
 //!     let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
-//!     Trainer::new(model, rule, TrainConfig { batch_size: 16, epochs, ..TrainConfig::default() })
+//!     Trainer::new(model, rule, TrainConfig::default().with_batch_size(16).with_epochs(epochs))
 //! };
 //! let go = &mut |_: &_| ControlFlow::Continue(());
 //! let dir = std::env::temp_dir().join(format!("fdfa-doc-ckpt-{}", std::process::id()));
@@ -417,8 +417,8 @@ fn remove_stale(dir: &Path, keep: &str) -> Result<()> {
 /// # Errors
 /// [`Error::Io`] when `state.json` cannot be read; [`Error::Checkpoint`] when it is not a
 /// checkpoint's state.
-pub fn read_run_info(dir: &Path) -> Result<RunInfo> {
-    read_state(dir).map(|s| s.run)
+pub fn read_run_info(dir: impl AsRef<Path>) -> Result<RunInfo> {
+    read_state(dir.as_ref()).map(|s| s.run)
 }
 
 /// The moments of an optimizer group, all or none as `saved` says, in PyTorch's layout.
