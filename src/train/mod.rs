@@ -408,7 +408,8 @@ impl Trainer {
         self.rule.as_mut()
     }
 
-    /// The network and the rule at once (e.g. for [`measure`]).
+    /// The network and the rule at once (e.g. for
+    /// [`diagnostics::measure`](crate::diagnostics::measure)).
     pub fn parts_mut(&mut self) -> (&mut Model, &mut dyn LearningRule) {
         (&mut self.model, self.rule.as_mut())
     }
