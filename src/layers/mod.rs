@@ -247,13 +247,11 @@ impl<'a> ParamMut<'a> {
     }
 
     /// The value and the gradient as flat slices in the order the layer stores them (see
-    /// [`ParamRef::storage`]): the optimizers' copy-free per-step path. The gradient is
-    /// sized like the value (zeros before the first backward pass).
+    /// [`ParamRef::storage`]): the optimizers' copy-free per-step path. A layer's gradient
+    /// is sized like its value (zeros before the first backward pass); a [`Param`] of one's
+    /// own must keep it so, or an optimizer reports the mismatch.
     pub fn storage_mut(&mut self) -> (&mut [f32], &mut [f32]) {
         let p = &mut *self.param;
-        if p.grad.len() != p.value.len() {
-            p.grad = Tensor::zeros(p.value.shape());
-        }
         (p.value.data_mut(), p.grad.data_mut())
     }
 }

@@ -228,8 +228,8 @@ impl Adam {
     /// [`Error::NonFiniteUpdate`] naming the first tensor (in visiting order) whose gradient
     /// (`<name>.grad`) or updated value is not finite, found inside the update loop where it
     /// costs next to nothing; the other parameters are still updated.
-    /// [`Error::Shape`] when the moments kept under a name do not fit the parameter visited
-    /// under it.
+    /// [`Error::Shape`] when a gradient is not sized like its parameter, or the moments kept
+    /// under a name do not fit the parameter visited under it.
     pub fn step(&mut self, params: &mut dyn Parameters) -> Result<()> {
         self.step += 1;
         let (b1, b2) = self.config.betas;
@@ -279,6 +279,13 @@ fn update_param(
         }
     };
     let (w, g) = p.storage_mut();
+    if g.len() != w.len() {
+        return Err(Error::shape(
+            &format!("{name}.grad"),
+            format!("{} values, as the parameter", w.len()),
+            &[g.len()],
+        ));
+    }
     if s.exp_avg.len() != w.len() || s.exp_avg_sq.len() != w.len() {
         return Err(Error::shape(
             &format!("Adam moments of {name}"),
@@ -358,5 +365,78 @@ mod tests {
         assert!(update(&mut w, &g, &mut m, &mut v, &c));
         g[33] = f32::NAN;
         assert!(!update(&mut w, &g, &mut m, &mut v, &c));
+    }
+
+    /// Two parameters, visited in the order `flip` says.
+    struct Two(crate::layers::Param, crate::layers::Param, bool);
+
+    impl Parameters for Two {
+        fn visit_params(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+            let (a, b) = (ParamMut::new(&mut self.0), ParamMut::new(&mut self.1));
+            if self.2 {
+                f("b", b);
+                f("a", a);
+            } else {
+                f("a", a);
+                f("b", b);
+            }
+        }
+    }
+
+    fn two(flip: bool) -> Two {
+        let p = |v: Vec<f32>, g: Vec<f32>| crate::layers::Param {
+            value: Tensor::from_vec(&[v.len()], v).unwrap(),
+            grad: Tensor::from_vec(&[g.len()], g).unwrap(),
+        };
+        Two(
+            p(vec![1.0, 2.0], vec![0.5, -0.5]),
+            p(vec![3.0], vec![0.25]),
+            flip,
+        )
+    }
+
+    /// Moments are found by name: visiting the parameters in another order from one step to
+    /// the next changes nothing.
+    #[test]
+    fn state_follows_names_not_visiting_order() {
+        let mut a = AdamConfig::default().init().unwrap();
+        let mut b = AdamConfig::default().init().unwrap();
+        let (mut x, mut y) = (two(false), two(false));
+        for step in 0..3 {
+            y.2 = step % 2 == 1;
+            a.step(&mut x).unwrap();
+            b.step(&mut y).unwrap();
+        }
+        assert_eq!(x.0.value, y.0.value);
+        assert_eq!(x.1.value, y.1.value);
+        assert_eq!(a.names().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    /// A non-finite gradient or value is named in the step that meets it; a gradient sized
+    /// unlike its parameter is a shape error naming it.
+    #[test]
+    fn bad_tensors_are_named() {
+        let mut adam = AdamConfig::default().init().unwrap();
+        let mut p = two(false);
+        p.1.grad.data_mut()[0] = f32::INFINITY;
+        let err = adam.step(&mut p).unwrap_err();
+        assert!(
+            matches!(&err, Error::NonFiniteUpdate { tensor } if tensor == "b.grad"),
+            "{err}"
+        );
+        let mut p = two(false);
+        p.0.value.data_mut()[1] = f32::NAN;
+        let err = adam.step(&mut p).unwrap_err();
+        assert!(
+            matches!(&err, Error::NonFiniteUpdate { tensor } if tensor == "a"),
+            "{err}"
+        );
+        let mut p = two(false);
+        p.0.grad = Tensor::zeros(&[3]);
+        let err = adam.step(&mut p).unwrap_err();
+        assert!(
+            matches!(&err, Error::Shape { layer, .. } if layer == "a.grad"),
+            "{err}"
+        );
     }
 }
