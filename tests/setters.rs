@@ -125,3 +125,31 @@ fn a_rule_built_for_another_model_is_an_error() {
         );
     }
 }
+
+/// Data with more classes than the model has logits is refused before the first batch, with
+/// its own error kind; so is a label the model cannot score at evaluation.
+#[test]
+fn a_class_count_mismatch_is_its_own_error_before_any_batch() {
+    use fdfa::data::Dataset;
+    use fdfa::train::{TrainConfig, Trainer};
+    let pixels: Vec<u8> = (0..40 * 4).map(|i| (i * 7 % 256) as u8).collect();
+    let labels: Vec<u32> = (0..40).map(|i| i % 10).collect();
+    let data = Dataset::new(pixels, labels, [1, 2, 2], 10).unwrap();
+    let mut rng = fdfa::init::rng(0);
+    let model = fc(&[1, 2, 2], 1, 5, 2, &mut rng).unwrap();
+    let rule = RuleKind::Fdfa.build(&model, 1, &mut rng).unwrap();
+    let config = TrainConfig::default().with_batch_size(8).with_epochs(1);
+    let mut trainer = Trainer::new(model, rule, config).unwrap();
+    let err = trainer
+        .fit(&data, &data, &mut |_| std::ops::ControlFlow::Continue(()))
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ClassMismatch { data: 10, model: 2 }),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the data has 10 classes but the model outputs 2 logits per sample"
+    );
+    assert_eq!(trainer.progress().batch, 0, "no batch ran");
+}
