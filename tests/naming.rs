@@ -179,3 +179,34 @@ fn saving_tensors_that_share_a_name_is_an_error_not_a_panic() -> Result<()> {
     assert!(!path.exists());
     Ok(())
 }
+
+/// FG-W needs every layer's parameter JVP: a custom layer with parameters that does not
+/// implement it is an error, not a silently missing term.
+#[test]
+fn fgw_refuses_a_layer_without_its_parameter_jvp() -> Result<()> {
+    use fdfa::rules::{ForwardGradientWeight, LearningRule};
+    let mut rng = fdfa::init::rng(0);
+    let mut model = Model::new(
+        &[3],
+        vec![
+            Block::hidden(
+                "h",
+                vec![
+                    Box::new(LinearConfig::new(3, 3).init(&mut rng)?),
+                    Box::new(Scale(Param::new(Tensor::zeros(&[1])))),
+                ],
+            ),
+            Block::output(vec![Box::new(LinearConfig::new(3, 2).init(&mut rng)?)]),
+        ],
+    )?;
+    let x = Tensor::zeros(&[2, 3]);
+    let err = ForwardGradientWeight::new()
+        .step(&mut model, &x, &[0, 1], &mut rng)
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidConfig { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("does not implement their JVP"),
+        "{err}"
+    );
+    Ok(())
+}

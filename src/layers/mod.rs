@@ -387,13 +387,23 @@ pub trait Layer: Send + Sync + Debug {
     /// [`ParamMut::storage_mut`]. A structural-zero tangent becomes one explicit tangent.
     ///
     /// Every layer of the crate with parameters is affine in them, so it does this with its
-    /// own primal kernel, the direction in place of the parameters. The default (no
-    /// parameters) does nothing.
+    /// own primal kernel, the direction in place of the parameters. The default does nothing
+    /// for a layer without parameters and refuses a direction for one with parameters (a
+    /// silently missing term would bias the estimate).
     ///
     /// # Errors
-    /// [`Error::Shape`] when `v` does not hold one slice per parameter of the right length.
-    fn add_param_jvp(&self, _input: &Tensor, _v: &[&[f32]], _output: &mut Dual) -> Result<()> {
-        Ok(())
+    /// [`Error::Shape`] when `v` does not hold one slice per parameter of the right length;
+    /// [`Error::InvalidConfig`] from the default for a layer with parameters.
+    fn add_param_jvp(&self, _input: &Tensor, v: &[&[f32]], _output: &mut Dual) -> Result<()> {
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::config(
+                self.name(),
+                "add_param_jvp",
+                "the layer has parameters but does not implement their JVP",
+            ))
+        }
     }
 
     /// Multiply-adds of one training forward for one sample (primal only), for throughput
