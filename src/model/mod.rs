@@ -643,17 +643,13 @@ impl Model {
     /// # Ok::<(), fdfa::Error>(())
     /// ```
     pub fn visit_state(&self, f: &mut dyn FnMut(&str, State<'_>)) {
-        for b in 0..self.blocks.len() {
-            self.visit_block_state(b, f);
-        }
+        visit_layers(&self.blocks, f);
     }
 
     /// The exclusive flavour of [`visit_state`](Self::visit_state): the same entries, in the
     /// same order, as views that check every write.
     pub fn visit_state_mut(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
-        for b in 0..self.blocks.len() {
-            self.visit_block_state_mut(b, f);
-        }
+        visit_layers_mut(&mut self.blocks, f);
     }
 
     /// [`visit_state`](Self::visit_state) restricted to block `block` (the parameters
@@ -662,11 +658,7 @@ impl Model {
     /// # Panics
     /// When `block` is not below the number of blocks.
     pub fn visit_block_state(&self, block: usize, f: &mut dyn FnMut(&str, State<'_>)) {
-        let mut name = String::new();
-        for layer in &self.blocks[block].layers {
-            let prefix = layer.name();
-            layer.visit_state(&mut |suffix, state| f(qualified(&mut name, prefix, suffix), state));
-        }
+        visit_layers(std::slice::from_ref(&self.blocks[block]), f);
     }
 
     /// [`visit_state_mut`](Self::visit_state_mut) restricted to block `block`.
@@ -674,13 +666,7 @@ impl Model {
     /// # Panics
     /// When `block` is not below the number of blocks.
     pub fn visit_block_state_mut(&mut self, block: usize, f: &mut dyn FnMut(&str, StateMut<'_>)) {
-        let mut name = String::new();
-        for layer in &mut self.blocks[block].layers {
-            let prefix = layer.name().to_string();
-            layer.visit_state_mut(&mut |suffix, state| {
-                f(qualified(&mut name, &prefix, suffix), state)
-            });
-        }
+        visit_layers_mut(std::slice::from_mut(&mut self.blocks[block]), f);
     }
 
     /// The number of trainable scalars.
@@ -707,13 +693,39 @@ impl Model {
     }
 }
 
-/// `<prefix>.<suffix>`, written into `buf`.
-fn qualified<'a>(buf: &'a mut String, prefix: &str, suffix: &str) -> &'a str {
+/// Visits the state of every layer of `blocks` under `<layer>.<suffix>`, built in one buffer:
+/// the optimizer visits every step, and this allocates nothing once the buffer has grown.
+fn visit_layers(blocks: &[Block], f: &mut dyn FnMut(&str, State<'_>)) {
+    let mut name = String::new();
+    for layer in blocks.iter().flat_map(|b| &b.layers) {
+        let base = prefix(&mut name, layer.name());
+        layer.visit_state(&mut |suffix, state| {
+            name.truncate(base);
+            name.push_str(suffix);
+            f(&name, state)
+        });
+    }
+}
+
+/// [`visit_layers`], exclusive.
+fn visit_layers_mut(blocks: &mut [Block], f: &mut dyn FnMut(&str, StateMut<'_>)) {
+    let mut name = String::new();
+    for layer in blocks.iter_mut().flat_map(|b| &mut b.layers) {
+        let base = prefix(&mut name, layer.name());
+        layer.visit_state_mut(&mut |suffix, state| {
+            name.truncate(base);
+            name.push_str(suffix);
+            f(&name, state)
+        });
+    }
+}
+
+/// Writes `<layer>.` into `buf` and returns its length.
+fn prefix(buf: &mut String, layer: &str) -> usize {
     buf.clear();
-    buf.push_str(prefix);
+    buf.push_str(layer);
     buf.push('.');
-    buf.push_str(suffix);
-    buf
+    buf.len()
 }
 
 /// What a backward through one block reads: the block's index, the model's input and every
