@@ -91,10 +91,7 @@ fn main() -> Result<()> {
     let mut rng = fdfa::init::rng(1);
     let model = fdfa::model::fc(&[1, 28, 28], 2, 800, 10, &mut rng)?;
     let rule = Box::new(SignDfa::new(&model, &mut rng));
-    let config = fdfa::train::TrainConfig {
-        epochs,
-        ..Default::default()
-    };
+    let config = fdfa::train::TrainConfig::default().with_epochs(epochs);
     let mut trainer = fdfa::train::Trainer::new(model, rule, config)?;
     for r in trainer.fit(&*train, &*test, &mut |_| ControlFlow::Continue(()))? {
         println!(

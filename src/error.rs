@@ -33,6 +33,32 @@ pub enum Error {
         /// Why the value is not accepted.
         reason: String,
     },
+    /// A class index (a target label) is not below the number of classes.
+    #[error("{context}: label {label} of sample {index} is out of range: the model has {classes} classes (labels 0 to {})", classes.saturating_sub(1))]
+    LabelOutOfRange {
+        /// Where the label was found (`cross_entropy`, `evaluate`).
+        context: String,
+        /// The label.
+        label: usize,
+        /// The sample holding it, within its batch.
+        index: usize,
+        /// The number of classes.
+        classes: usize,
+    },
+    /// A data source and a model disagree on the number of classes.
+    #[error("the data has {data} classes but the model outputs {model} logits per sample")]
+    ClassMismatch {
+        /// Classes of the data source.
+        data: usize,
+        /// Logits per sample of the model.
+        model: usize,
+    },
+    /// A backward pass was asked for before any training forward.
+    #[error(
+        "backward before forward: a backward reads the activations of a training forward; \
+         call `forward` first (`infer` keeps none)"
+    )]
+    BackwardBeforeForward,
     /// A data file is malformed.
     #[error("{}: {kind}", path.display())]
     Data {
@@ -78,17 +104,25 @@ pub enum Error {
         /// The batch (from 1) within the epoch, as the progress lines count it.
         batch: usize,
     },
-    /// Data and a model that do not fit each other: a dataset with another number of classes
-    /// than the model has outputs, or samples of another shape than its input. Found before
-    /// anything is trained.
-    #[error("the data's {what} ({data}) does not fit the model's ({model})")]
-    Mismatch {
-        /// What differs: `classes` or `sample shape`.
-        what: &'static str,
-        /// The data's value.
-        data: String,
-        /// The model's value.
-        model: String,
+    /// Samples whose shape does not fit a model's input (see
+    /// [`fits_input`](crate::data::fits_input)): found before anything is trained.
+    #[error(
+        "the data's samples are {data:?} but the model takes {model:?} (images of another size \
+         with as many values do not fit; a flat sample does)"
+    )]
+    InputMismatch {
+        /// The shape of one sample of the data.
+        data: Vec<usize>,
+        /// The model's input shape.
+        model: Vec<usize>,
+    },
+    /// An optimizer step met a non-finite gradient or produced a non-finite value; the
+    /// trainer reports it as [`Error::NonFinite`] with its position in the run.
+    #[error("non-finite value in {tensor} after an optimizer step")]
+    NonFiniteUpdate {
+        /// The tensor: `<parameter>.grad` when the gradient is not finite, else the
+        /// parameter.
+        tensor: String,
     },
     /// A saved state does not match what is being asked of it.
     #[error("incompatible {setting}: saved `{saved}`, requested `{requested}`")]

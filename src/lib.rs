@@ -35,7 +35,7 @@
 //! let mut rng = fdfa::init::rng(0);
 //! let model = fdfa::model::fc(&[1, 4, 4], 2, 32, 2, &mut rng)?;   // FC-2, width 32
 //! let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
-//! let config = TrainConfig { batch_size: 16, epochs: 3, lr: 1e-2, b_lr: 1e-2, ..TrainConfig::default() };
+//! let config = TrainConfig::default().with_batch_size(16).with_epochs(3).with_lr(1e-2).with_b_lr(1e-2);
 //! let mut trainer = Trainer::new(model, rule, config)?;
 //! let records = trainer.fit(&data, &data, &mut |_| ControlFlow::Continue(()))?;
 //! assert!(records[2].test_accuracy > 90.0);
@@ -58,6 +58,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod csv;
 pub mod data;
 pub mod diagnostics;
 pub mod doc;
@@ -74,6 +75,40 @@ pub mod tensor;
 pub mod train;
 
 pub use error::{DataErrorKind, Error, Result};
-/// The ndarray version fdfa is built with, so that arrays passed to it match.
-pub use ndarray;
 pub use tensor::{Dual, Tensor};
+
+/// The `ndarray` this crate is built with, so that arrays passed to
+/// [`Tensor::from_array`] and returned by [`Tensor::to_array`] come from the matching version.
+pub use ndarray;
+
+/// The types most programs need, in one import: `use fdfa::prelude::*;`.
+///
+/// ```
+/// use fdfa::prelude::*;
+/// let mut rng = fdfa::init::rng(0);
+/// let model = Model::new(
+///     &[4],
+///     vec![
+///         Block::hidden("h", vec![Box::new(LinearConfig::new(4, 8).init(&mut rng)?), Box::new(Relu::new("relu"))]),
+///         Block::output(vec![Box::new(LinearConfig::new(8, 3).init(&mut rng)?)]),
+///     ],
+/// )?;
+/// let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
+/// let trainer = Trainer::new(model, rule, TrainConfig::default())?;
+/// assert_eq!(trainer.model().classes(), 3);
+/// # Ok::<(), fdfa::Error>(())
+/// ```
+pub mod prelude {
+    pub use crate::data::{DataSource, Dataset};
+    pub use crate::error::{Error, Result};
+    pub use crate::layers::{
+        AdaptiveAvgPool2d, BatchNormConfig, Conv2dConfig, Flatten, Layer, LinearConfig, MaxPool2d,
+        Relu, State, StateMut,
+    };
+    pub use crate::model::{Block, Model};
+    pub use crate::optim::{Adam, AdamConfig, Parameters};
+    pub use crate::rules::{LearningRule, RuleKind};
+    pub use crate::tensor::{Dual, Tensor};
+    pub use crate::train::checkpoint::{load_model, save_model};
+    pub use crate::train::{TrainConfig, Trainer};
+}

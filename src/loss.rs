@@ -14,11 +14,12 @@ fn check(logits: &Tensor, targets: &[usize]) -> Result<(usize, usize)> {
     }
     let c = shape[1];
     if let Some((i, &t)) = targets.iter().enumerate().find(|&(_, &t)| t >= c) {
-        return Err(Error::shape(
-            "cross_entropy",
-            format!("target {t} (sample {i}) below the {c} classes"),
-            shape,
-        ));
+        return Err(Error::LabelOutOfRange {
+            context: "cross_entropy".into(),
+            label: t,
+            index: i,
+            classes: c,
+        });
     }
     Ok((shape[0], c))
 }
@@ -46,8 +47,8 @@ fn shifted_sum_exp(row: &[f32]) -> (f32, f32) {
 /// ```
 ///
 /// # Errors
-/// [`Error::Shape`] when the logits are not `[N, C]` with `N = targets.len()`, or a target is
-/// not below `C`.
+/// [`Error::Shape`] when the logits are not `[N, C]` with `N = targets.len()`;
+/// [`Error::LabelOutOfRange`] when a target is not below `C`.
 pub fn cross_entropy(logits: &Tensor, targets: &[usize], logits_grad: &mut Tensor) -> Result<f32> {
     let (n, c) = check(logits, targets)?;
     logits_grad.resize(&[n, c]);

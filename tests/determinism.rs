@@ -7,7 +7,7 @@ mod common;
 use fdfa::layers::{Conv2dConfig, Layer, LinearConfig};
 use fdfa::{Dual, Tensor};
 
-use common::{assert_bits_eq, param_directions, randn, set_param_tangents, stack};
+use common::{assert_bits_eq, forward_with, param_directions, randn, stack};
 
 /// Everything a training step computes: the output and its tangents, the input gradient and
 /// the parameter gradients.
@@ -19,10 +19,11 @@ fn step<L: Layer + Clone>(
 ) -> Vec<(String, Tensor)> {
     let mut l = layer.clone();
     let p = param_directions(&mut l, seed);
-    set_param_tangents(&mut l, &p);
     let mut y = Dual::default();
-    l.forward(
+    forward_with(
+        &mut l,
         &Dual::with_tangents(x.clone(), stack(dirs), dirs.len()).unwrap(),
+        &p,
         &mut y,
     )
     .unwrap();
@@ -34,7 +35,7 @@ fn step<L: Layer + Clone>(
         ("tangents".to_string(), y.tangent().unwrap().clone()),
         ("input gradient".to_string(), gx),
     ];
-    for name in common::param_names(&mut l) {
+    for name in common::param_names(&l) {
         let g = common::param(&mut l, &name).grad;
         out.push((format!("{name} gradient"), g));
     }

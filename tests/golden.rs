@@ -4,15 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use fdfa::layers::{
-    AdaptiveAvgPool2d, BatchNormConfig, Conv2dConfig, Flatten, Layer, LinearConfig, MaxPool2d,
-    Relu, StateMut,
-};
-use fdfa::model::{Block, Model};
+use fdfa::layers::{State, StateMut};
+use fdfa::model::Model;
 use fdfa::optim::{AdamConfig, Parameters};
 use fdfa::rules::{Dfa, Dkp, Fdfa, Learned, LearningRule};
 use fdfa::{Tensor, init};
 use serde_json::Value;
+
+mod common;
+
+use common::models::{golden_cnn, golden_fc};
 
 const REL: f64 = 1e-4;
 const ABS: f64 = 1e-6;
@@ -74,121 +75,6 @@ fn assert_close_scaled(what: &str, got: &[f32], want: &[f64], scale: &[f64]) {
     );
 }
 
-fn boxed(l: impl Layer + 'static) -> Box<dyn Layer> {
-    Box::new(l)
-}
-
-fn fc_model() -> Model {
-    let mut rng = init::rng(0);
-    let blocks = vec![
-        Block::hidden(
-            "fc_dfa.0",
-            vec![
-                boxed(
-                    LinearConfig::new(6, 5)
-                        .with_name("fc_hidden.0")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(
-                    BatchNormConfig::d1(5)
-                        .with_name("bn_hidden.0")
-                        .init()
-                        .unwrap(),
-                ),
-                boxed(Relu::new("relu.0")),
-            ],
-        ),
-        Block::hidden(
-            "fc_dfa.1",
-            vec![
-                boxed(
-                    LinearConfig::new(5, 4)
-                        .with_name("fc_hidden.1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(
-                    BatchNormConfig::d1(4)
-                        .with_name("bn_hidden.1")
-                        .init()
-                        .unwrap(),
-                ),
-                boxed(Relu::new("relu.1")),
-            ],
-        ),
-        Block::output(vec![boxed(
-            LinearConfig::new(4, 3)
-                .with_name("fc_out")
-                .init(&mut rng)
-                .unwrap(),
-        )]),
-    ];
-    Model::new(&[6], blocks).unwrap()
-}
-
-fn cnn_model() -> Model {
-    let mut rng = init::rng(0);
-    let blocks = vec![
-        Block::hidden(
-            "conv_1_dfa",
-            vec![
-                boxed(
-                    Conv2dConfig::new(2, 3, 3)
-                        .with_padding(1)
-                        .with_name("conv_1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(BatchNormConfig::d2(3).with_name("bn_1").init().unwrap()),
-                boxed(Relu::new("relu_1")),
-            ],
-        ),
-        Block::hidden(
-            "conv_2_dfa",
-            vec![
-                boxed(
-                    Conv2dConfig::new(3, 4, 3)
-                        .with_padding(1)
-                        .with_name("conv_2")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(BatchNormConfig::d2(4).with_name("bn_2").init().unwrap()),
-                boxed(Relu::new("relu_2")),
-                boxed(MaxPool2d::new("pool", 3, 2).unwrap()),
-                boxed(AdaptiveAvgPool2d::new("avgpool", 2, 2).unwrap()),
-                boxed(Flatten::new("flatten")),
-            ],
-        ),
-        Block::hidden(
-            "linear_1_dfa",
-            vec![
-                boxed(
-                    LinearConfig::new(16, 5)
-                        .with_name("linear_1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(
-                    BatchNormConfig::d1(5)
-                        .with_name("linear_1_bn")
-                        .init()
-                        .unwrap(),
-                ),
-                boxed(Relu::new("relu_3")),
-            ],
-        ),
-        Block::output(vec![boxed(
-            LinearConfig::new(5, 3)
-                .with_name("fc_out")
-                .init(&mut rng)
-                .unwrap(),
-        )]),
-    ];
-    Model::new(&[2, 8, 8], blocks).unwrap()
-}
-
 fn adam(v: &Value) -> fdfa::optim::Adam {
     AdamConfig {
         lr: v["lr"].as_f64().unwrap() as f32,
@@ -206,18 +92,18 @@ fn adam(v: &Value) -> fdfa::optim::Adam {
 /// Sets the model's and the rule's state from a `state_dict`.
 fn load_state(model: &mut Model, rule: &mut dyn LearningRule, state: &BTreeMap<String, Value>) {
     let mut seen = 0;
-    model.visit_state(&mut |name, s| {
+    model.visit_state_mut(&mut |name, s| {
         let v = &state[name];
         match s {
-            StateMut::Param(p) => p.value = tensor(v),
-            StateMut::Buffer(b) => *b = tensor(v),
+            StateMut::Param(mut p) => p.set_value(&tensor(v)).unwrap(),
+            StateMut::Buffer(mut b) => b.set(&tensor(v)).unwrap(),
             StateMut::Counter(c) => *c = values(v)[0] as u64,
         }
         seen += 1;
     });
     if let Some(fb) = rule.feedback_mut() {
-        fb.visit(&mut |name, p| {
-            p.value = tensor(&state[name]);
+        fb.visit_mut(&mut |name, mut p| {
+            p.set_value(&tensor(&state[name])).unwrap();
             seen += 1;
         });
     }
@@ -243,16 +129,16 @@ fn check_state(
     model.visit_state(&mut |name, s| {
         let want = values(&state[name]);
         match s {
-            StateMut::Param(p) => assert_close(&format!("{what} {name}"), p.value.data(), &want),
-            StateMut::Buffer(b) => assert_close(&format!("{what} {name}"), b.data(), &want),
-            StateMut::Counter(c) => assert_eq!(*c as f64, want[0], "{what} {name}"),
+            State::Param(p) => assert_close(&format!("{what} {name}"), p.value().data(), &want),
+            State::Buffer(b) => assert_close(&format!("{what} {name}"), b.data(), &want),
+            State::Counter(c) => assert_eq!(c as f64, want[0], "{what} {name}"),
         }
     });
     if let Some(fb) = rule.feedback_mut() {
-        fb.visit(&mut |name, p| {
+        fb.visit_mut(&mut |name, p| {
             assert_close(
                 &format!("{what} {name}"),
-                p.value.data(),
+                p.value().data(),
                 &values(&state[name]),
             )
         });
@@ -267,9 +153,9 @@ fn run(file: &str) {
     .unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     let mut model = if doc["case"] == "fc" {
-        fc_model()
+        golden_fc()
     } else {
-        cnn_model()
+        golden_cnn()
     };
     let kind = doc["rule"].as_str().unwrap();
     let mut rng = init::rng(0);
@@ -341,8 +227,12 @@ fn run(file: &str) {
         let mut checked = 0;
         // `visit_state` shows every parameter in PyTorch's layout, as the reference has them.
         model.visit_state(&mut |name, s| {
-            if let (Some(want), StateMut::Param(p)) = (grads.get(name), s) {
-                assert_close(&format!("{what} grad {name}"), p.grad.data(), &values(want));
+            if let (Some(want), State::Param(p)) = (grads.get(name), s) {
+                assert_close(
+                    &format!("{what} grad {name}"),
+                    p.grad().data(),
+                    &values(want),
+                );
                 checked += 1;
             }
         });
@@ -372,7 +262,12 @@ fn run(file: &str) {
             } else {
                 want.iter().map(|w| w.abs()).collect()
             };
-            assert_close_scaled(&format!("{what} grad {name}"), p.grad.data(), &want, &scale);
+            assert_close_scaled(
+                &format!("{what} grad {name}"),
+                p.grad().data(),
+                &want,
+                &scale,
+            );
             point += 1;
             checked += 1;
         });
@@ -387,14 +282,14 @@ fn run(file: &str) {
         // ~1e-17 in the float64 reference; Adam divides by their own magnitude, so that noise
         // alone would move such a parameter by up to `lr`. The gradients were compared above;
         // this compares the optimizers.
-        model.visit_state(&mut |name, s| {
-            if let (Some(want), StateMut::Param(p)) = (grads.get(name), s) {
-                p.grad = tensor(want);
+        model.visit_state_mut(&mut |name, s| {
+            if let (Some(want), StateMut::Param(mut p)) = (grads.get(name), s) {
+                p.set_grad(&tensor(want)).unwrap();
             }
         });
-        rule!().visit_learned(&mut |name, p| p.grad = tensor(&grads[name]));
-        feedback_opt.step(&mut Learned(rule!()));
-        forward_opt.step(&mut model as &mut dyn Parameters);
+        rule!().visit_learned(&mut |name, mut p| p.set_grad(&tensor(&grads[name])).unwrap());
+        feedback_opt.step(&mut Learned(rule!())).unwrap();
+        forward_opt.step(&mut model as &mut dyn Parameters).unwrap();
         let after: BTreeMap<String, Value> =
             serde_json::from_value(step["state_after"].clone()).unwrap();
         check_state(&format!("{what} after Adam"), &mut model, rule!(), &after);

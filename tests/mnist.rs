@@ -21,10 +21,7 @@ fn one_epoch(kind: RuleKind, conv: bool) -> f64 {
         fdfa::model::fc(&[1, 28, 28], 2, 800, 10, &mut rng).unwrap()
     };
     let rule = kind.build(&model, 1, &mut rng).unwrap();
-    let config = TrainConfig {
-        epochs: 1,
-        ..TrainConfig::default()
-    };
+    let config = TrainConfig::default().with_epochs(1);
     let mut trainer = Trainer::new(model, rule, config).unwrap();
     let records = trainer
         .fit(&*train, &*test, &mut |_| ControlFlow::Continue(()))

@@ -4,28 +4,17 @@
 
 use std::sync::{Arc, Mutex};
 
-use fdfa::layers::{
-    BatchNormConfig, Conv2dConfig, Flatten, Layer, LinearConfig, MaxPool2d, Relu, StateMut,
-};
+use fdfa::layers::{BatchNormConfig, Layer, LinearConfig, Relu, State, StateMut};
 use fdfa::loss::cross_entropy;
 use fdfa::model::{Block, Model};
 use fdfa::optim::{AdamConfig, Parameters};
 use fdfa::rules::{Bp, Dfa, Dkp, Fdfa, Learned, LearningRule, RuleKind};
 use fdfa::{Dual, Result, Tensor, init};
 
-fn boxed(l: impl Layer + 'static) -> Box<dyn Layer> {
-    Box::new(l)
-}
+mod common;
 
-fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut t = Tensor::zeros(shape);
-    init::fill_normal(t.data_mut(), &mut init::rng(seed));
-    t
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
-}
+use common::models::{boxed, plain_fc, small_cnn};
+use common::{dot, randn};
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot(a, b) / (dot(a, a).sqrt() * dot(b, b).sqrt())
@@ -111,10 +100,12 @@ fn probed_fc(probes: &[Arc<Mutex<Tensor>>; 2]) -> Model {
 /// Sets every feedback matrix to small hand-chosen integers.
 fn hand_set_feedback(rule: &mut dyn LearningRule) {
     let fb = rule.feedback_mut().unwrap();
-    for (l, b) in fb.matrices.iter_mut().enumerate() {
-        for (j, v) in b.value.data_mut().iter_mut().enumerate() {
+    for l in 0..fb.len() {
+        let mut b = fb.matrices()[l].value.clone();
+        for (j, v) in b.data_mut().iter_mut().enumerate() {
             *v = ((j + 2 * l) % 5) as f32 - 2.0;
         }
+        fb.set(l, &b).unwrap();
     }
 }
 
@@ -166,7 +157,7 @@ fn dfa_and_dkp_deliver_e_b_and_dkp_learns_e_transpose_h() {
             assert_exact(
                 &format!("{kind} signal {l}"),
                 signal.data(),
-                &e_times(&e, &fb.matrices[l].value),
+                &e_times(&e, &fb.matrices()[l].value),
             );
             if kind == RuleKind::Dkp {
                 let h = model.hidden(l).primal();
@@ -179,65 +170,12 @@ fn dfa_and_dkp_deliver_e_b_and_dkp_learns_e_transpose_h() {
                     .collect();
                 assert_exact(
                     &format!("DKP feedback grad {l}"),
-                    fb.matrices[l].grad.data(),
+                    fb.matrices()[l].grad.data(),
                     &want,
                 );
             }
         }
     }
-}
-
-/// A network whose gradients the finite-difference checks below exercise: a conv block
-/// with BatchNorm2d and max pooling, a linear block with BatchNorm1d, and the output layer.
-///
-/// The pool sits before the feedback point: ReLU outputs are often exactly 0, and a window of
-/// tied zeros makes the max a kink along a direction added after the ReLU, where central
-/// differences stop measuring the (first-maximum) derivative PyTorch and this crate use.
-fn small_cnn(seed: u64) -> Model {
-    let mut rng = init::rng(seed);
-    let blocks = vec![
-        Block::hidden(
-            "conv_1_dfa",
-            vec![
-                boxed(
-                    Conv2dConfig::new(2, 3, 3)
-                        .with_padding(1)
-                        .with_name("conv_1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(BatchNormConfig::d2(3).with_name("bn_1").init().unwrap()),
-                boxed(Relu::new("relu_1")),
-                boxed(MaxPool2d::new("pool", 2, 2).unwrap()),
-            ],
-        ),
-        Block::hidden(
-            "linear_1_dfa",
-            vec![
-                boxed(Flatten::new("flatten")),
-                boxed(
-                    LinearConfig::new(3 * 3 * 3, 5)
-                        .with_name("linear_1")
-                        .init(&mut rng)
-                        .unwrap(),
-                ),
-                boxed(
-                    BatchNormConfig::d1(5)
-                        .with_name("linear_1_bn")
-                        .init()
-                        .unwrap(),
-                ),
-                boxed(Relu::new("relu_2")),
-            ],
-        ),
-        Block::output(vec![boxed(
-            LinearConfig::new(5, 3)
-                .with_name("fc_out")
-                .init(&mut rng)
-                .unwrap(),
-        )]),
-    ];
-    Model::new(&[2, 6, 6], blocks).unwrap()
 }
 
 fn loss_of(model: &mut Model, x: &Tensor, targets: &[usize]) -> f64 {
@@ -259,7 +197,11 @@ fn bp_gradients_of_a_whole_network_match_finite_differences() {
         .step(&mut model, &x, &targets, &mut init::rng(0))
         .unwrap();
     let mut grads = Vec::new();
-    model.visit_params(&mut |name, p| grads.push((name.to_string(), p.grad.clone())));
+    model.visit_state(&mut |name, s| {
+        if let State::Param(p) = s {
+            grads.push((name.to_string(), p.grad().into_owned()));
+        }
+    });
     for (t, (name, grad)) in grads.iter().enumerate() {
         // Directional derivative along a random direction r: <grad, r> against
         // (L(w + h r) - L(w - h r)) / 2h, in f64 sums over f32 evaluations.
@@ -270,13 +212,14 @@ fn bp_gradients_of_a_whole_network_match_finite_differences() {
         r.data_mut().iter_mut().for_each(|v| *v /= norm);
         let h = 1e-3f32;
         let shift = |model: &mut Model, s: f32| {
-            model.visit_params(&mut |n, p| {
-                if n == name {
-                    p.value
-                        .data_mut()
+            model.visit_state_mut(&mut |n, state| {
+                if let (true, StateMut::Param(mut p)) = (n == name, state) {
+                    let mut v = p.value().into_owned();
+                    v.data_mut()
                         .iter_mut()
                         .zip(r.data())
                         .for_each(|(w, d)| *w += s * d);
+                    p.set_value(&v).unwrap();
                 }
             })
         };
@@ -311,9 +254,9 @@ fn fdfa_output_tangent_sums_the_directional_derivatives_and_feeds_back_b_minus_m
         })
         .collect();
     let mut rule = Fdfa::new(&model);
-    for b in &mut rule.feedback_mut().unwrap().matrices {
-        init::fill_normal(b.value.data_mut(), &mut init::rng(9));
-    }
+    rule.feedback_mut().unwrap().visit_mut(&mut |_, mut b| {
+        init::fill_normal(b.storage_mut().0, &mut init::rng(9));
+    });
     rule.step_with_directions(&mut model, &x, &targets, &directions)
         .unwrap();
     let tangent = model.output().unwrap().tangent().unwrap().clone();
@@ -355,7 +298,7 @@ fn fdfa_output_tangent_sums_the_directional_derivatives_and_feeds_back_b_minus_m
     for (l, (b, u)) in rule
         .feedback()
         .unwrap()
-        .matrices
+        .matrices()
         .iter()
         .zip(&directions)
         .enumerate()
@@ -372,31 +315,6 @@ fn fdfa_output_tangent_sums_the_directional_derivatives_and_feeds_back_b_minus_m
             .collect();
         assert_exact(&format!("FDFA feedback grad {l}"), b.grad.data(), &want);
     }
-}
-
-/// FC 10 -> 16 -> 16 -> 3 with ReLU and no BatchNorm.
-fn plain_fc(seed: u64) -> Model {
-    let mut rng = init::rng(seed);
-    let mut lin = |a, b, name: &str| {
-        boxed(
-            LinearConfig::new(a, b)
-                .with_name(name)
-                .init(&mut rng)
-                .unwrap(),
-        )
-    };
-    let blocks = vec![
-        Block::hidden(
-            "fc_dfa.0",
-            vec![lin(10, 16, "fc_hidden.0"), boxed(Relu::new("r0"))],
-        ),
-        Block::hidden(
-            "fc_dfa.1",
-            vec![lin(16, 16, "fc_hidden.1"), boxed(Relu::new("r1"))],
-        ),
-        Block::output(vec![lin(16, 3, "fc_out")]),
-    ];
-    Model::new(&[10], blocks).unwrap()
 }
 
 /// The batch-mean Jacobian of the logits with respect to `h_l`, `[classes, D_l]`, by
@@ -446,11 +364,11 @@ fn fdfa_feedback_aligns_with_the_mean_jacobian() {
             opt.set_lr(1e-3);
         }
         rule.step(&mut model, &x, &targets, &mut rng).unwrap();
-        opt.step(&mut Learned(&mut rule));
+        opt.step(&mut Learned(&mut rule)).unwrap();
     }
     for l in 0..2 {
         let jac = mean_jacobian(&mut model, &x, l);
-        let cos = cosine(rule.feedback().unwrap().matrices[l].value.data(), &jac);
+        let cos = cosine(rule.feedback().unwrap().matrices()[l].value.data(), &jac);
         assert!(
             cos > 0.95,
             "feedback {l} aligns with the Jacobian at cosine {cos:.3}"
@@ -503,8 +421,8 @@ fn every_rule_learns_a_synthetic_task_with_fc2_and_the_shallow_cnn() {
                     )
                     .unwrap();
                     let report = rule.step(&mut model, &x, &train_t[rows], &mut rng).unwrap();
-                    fb.step(&mut Learned(rule.as_mut()));
-                    fwd.step(&mut model as &mut dyn Parameters);
+                    fb.step(&mut Learned(rule.as_mut())).unwrap();
+                    fwd.step(&mut model as &mut dyn Parameters).unwrap();
                     if epoch == 0 || epoch == 7 {
                         losses.push(report.loss);
                     }
@@ -541,8 +459,8 @@ fn every_rule_learns_a_synthetic_task_with_fc2_and_the_shallow_cnn() {
 fn adam_matches_two_hand_computed_steps_with_weight_decay() {
     struct One(fdfa::layers::Param);
     impl Parameters for One {
-        fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut fdfa::layers::Param)) {
-            f("w", &mut self.0)
+        fn visit_params(&mut self, f: &mut dyn FnMut(&str, fdfa::layers::ParamMut<'_>)) {
+            f("w", fdfa::layers::ParamMut::new(&mut self.0))
         }
     }
     let mut p = One(fdfa::layers::Param::new(
@@ -555,7 +473,7 @@ fn adam_matches_two_hand_computed_steps_with_weight_decay() {
         .unwrap();
     for (g, want) in [(0.5, 0.9900000001666667), (-0.25, 0.9853191993058599)] {
         p.0.grad = Tensor::from_vec(&[1], vec![g]).unwrap();
-        adam.step(&mut p);
+        adam.step(&mut p).unwrap();
         let got = p.0.value.data()[0] as f64;
         assert!((got - want).abs() < 1e-7, "{got} != {want}");
     }
@@ -567,16 +485,16 @@ fn snapshot(model: &mut Model, rule: &mut dyn LearningRule) -> Vec<(String, Vec<
     let mut out = Vec::new();
     model.visit_state(&mut |name, s| {
         let bits = match s {
-            StateMut::Param(p) => p.value.data().iter().map(|v| v.to_bits()).collect(),
-            StateMut::Buffer(b) => b.data().iter().map(|v| v.to_bits()).collect(),
-            StateMut::Counter(c) => vec![*c as u32],
+            State::Param(p) => p.value().data().iter().map(|v| v.to_bits()).collect(),
+            State::Buffer(b) => b.data().iter().map(|v| v.to_bits()).collect(),
+            State::Counter(c) => vec![c as u32],
         };
         out.push((name.to_string(), bits));
     });
     rule.visit_learned(&mut |name, p| {
         out.push((
             name.to_string(),
-            p.value.data().iter().map(|v| v.to_bits()).collect(),
+            p.value().data().iter().map(|v| v.to_bits()).collect(),
         ))
     });
     out
@@ -603,8 +521,8 @@ fn the_same_seed_gives_bit_identical_weights_with_one_and_two_threads() {
                 let mut fb = AdamConfig::default().init().unwrap();
                 for _ in 0..3 {
                     rule.step(&mut model, &x, &targets, &mut rng).unwrap();
-                    fb.step(&mut Learned(rule.as_mut()));
-                    fwd.step(&mut model as &mut dyn Parameters);
+                    fb.step(&mut Learned(rule.as_mut())).unwrap();
+                    fwd.step(&mut model as &mut dyn Parameters).unwrap();
                 }
                 snapshot(&mut model, rule.as_mut())
             })
@@ -617,7 +535,7 @@ fn the_same_seed_gives_bit_identical_weights_with_one_and_two_threads() {
 fn dfa_feedback_starts_kaiming_uniform_and_dkp_fdfa_at_zero() {
     let model = fdfa::model::fc(&[1, 28, 28], 2, 800, 10, &mut init::rng(0)).unwrap();
     let dfa = Dfa::new(&model, &mut init::rng(1));
-    let b = &dfa.feedback().unwrap().matrices[0].value;
+    let b = &dfa.feedback().unwrap().matrices()[0].value;
     assert_eq!(b.shape(), &[10, 800]);
     let bound = (6.0f32 / 800.0).sqrt();
     assert!(b.data().iter().all(|v| v.abs() <= bound));
@@ -630,7 +548,7 @@ fn dfa_feedback_starts_kaiming_uniform_and_dkp_fdfa_at_zero() {
         Box::new(Fdfa::new(&model)),
     ] {
         assert!(
-            rule.feedback().unwrap().matrices.iter().all(|m| m
+            rule.feedback().unwrap().matrices().iter().all(|m| m
                 .value
                 .data()
                 .iter()
@@ -642,11 +560,13 @@ fn dfa_feedback_starts_kaiming_uniform_and_dkp_fdfa_at_zero() {
 /// Every parameter gradient of a model, as bits.
 fn grad_bits(model: &mut Model) -> Vec<(String, Vec<u32>)> {
     let mut out = Vec::new();
-    model.visit_params(&mut |name, p| {
-        out.push((
-            name.to_string(),
-            p.grad.data().iter().map(|v| v.to_bits()).collect(),
-        ));
+    model.visit_state(&mut |name, s| {
+        if let State::Param(p) = s {
+            out.push((
+                name.to_string(),
+                p.grad().data().iter().map(|v| v.to_bits()).collect(),
+            ));
+        }
     });
     out
 }
@@ -673,11 +593,13 @@ fn blocks_trained_in_parallel_match_blocks_trained_one_by_one() {
         let (mut one_by_one, e) = fresh();
         let rule = Dfa::new(&one_by_one, &mut init::rng(7));
         let feedback = rule.feedback().unwrap();
-        one_by_one.backward_output(&e).unwrap();
+        let output = one_by_one.blocks().len() - 1;
+        one_by_one.backward_block(output, &e, false).unwrap();
         let mut signal = Tensor::default();
         for l in 0..feedback.len() {
-            feedback.signal(l, &one_by_one, &e, &mut signal);
-            one_by_one.backward_point(l, &signal).unwrap();
+            feedback.signal(l, &one_by_one, &e, &mut signal).unwrap();
+            // Block `l` ends in feedback point `l`.
+            one_by_one.backward_block(l, &signal, false).unwrap();
         }
         let want = grad_bits(&mut one_by_one);
         assert!(want.iter().all(|(_, g)| g.iter().any(|&b| b != 0)));
@@ -709,10 +631,11 @@ fn blocks_trained_in_parallel_match_blocks_trained_one_by_one() {
     }
 }
 
-/// `visit_stored_state` shows what `visit_state` shows, under the same names in the same
-/// order, each tensor flagged as transposed exactly when it is PyTorch's transposed.
+/// Both flavours of the state visitor show the same entries, under the same names, in the
+/// same order, in PyTorch's layout (a `Linear` weight `[out, in]`), and a value written in
+/// that layout through the exclusive one reads back unchanged through the shared one.
 #[test]
-fn stored_state_is_the_state_in_the_layers_layout() {
+fn both_state_visitors_show_pytorch_layout() {
     for conv in [false, true] {
         let mut rng = init::rng(4);
         let mut model = if conv {
@@ -720,40 +643,53 @@ fn stored_state_is_the_state_in_the_layers_layout() {
         } else {
             fdfa::model::fc(&[1, 3, 3], 2, 5, 4, &mut rng).unwrap()
         };
-        let mut torch = Vec::new();
+        let mut shared = Vec::new();
         model.visit_state(&mut |name, s| {
-            if let StateMut::Param(p) = s {
-                torch.push((name.to_string(), p.value.clone()));
+            if let State::Param(p) = s {
+                shared.push((name.to_string(), p.value().into_owned()));
             }
         });
-        let mut stored = Vec::new();
-        model.visit_stored_state(&mut |name, s, transposed| {
-            if let StateMut::Param(p) = s {
-                stored.push((name.to_string(), p.value.clone(), transposed));
+        let mut written = Vec::new();
+        model.visit_state_mut(&mut |name, s| {
+            if let StateMut::Param(mut p) = s {
+                let shape = p.shape();
+                let len = shape.iter().product::<usize>();
+                let v = Tensor::from_vec(&shape, (0..len).map(|i| i as f32).collect()).unwrap();
+                p.set_value(&v).unwrap();
+                written.push((name.to_string(), v));
             }
         });
-        assert_eq!(torch.len(), stored.len());
-        let mut flipped = 0;
-        for ((name, want), (got_name, got, transposed)) in torch.iter().zip(&stored) {
-            assert_eq!(name, got_name);
-            assert_eq!(
-                *transposed,
-                name.ends_with("weight") && got.shape().len() == 2
-            );
-            if *transposed {
-                flipped += 1;
-                let (rows, cols) = (want.shape()[0], want.shape()[1]);
-                assert_eq!(got.shape(), &[cols, rows], "{name}");
-                for r in 0..rows {
-                    for c in 0..cols {
-                        assert_eq!(got.data()[c * rows + r], want.data()[r * cols + c]);
-                    }
-                }
-            } else {
-                assert_eq!(got, want, "{name}");
+        assert_eq!(
+            shared
+                .iter()
+                .map(|(n, t)| (n, t.shape()))
+                .collect::<Vec<_>>(),
+            written
+                .iter()
+                .map(|(n, t)| (n, t.shape()))
+                .collect::<Vec<_>>()
+        );
+        let mut read = Vec::new();
+        model.visit_state(&mut |name, s| {
+            if let State::Param(p) = s {
+                read.push((name.to_string(), p.value().into_owned()));
             }
+        });
+        assert_eq!(read, written);
+        let weight = |name: &str| {
+            shared
+                .iter()
+                .find(|(n, _)| n == name)
+                .unwrap()
+                .1
+                .shape()
+                .to_vec()
+        };
+        if conv {
+            assert_eq!(weight("linear_1.weight"), vec![128, 40 * 2 * 2]);
+        } else {
+            assert_eq!(weight("fc_hidden.0.weight"), vec![5, 9]);
         }
-        assert_eq!(flipped, if conv { 2 } else { 3 });
     }
 }
 
@@ -777,10 +713,12 @@ fn a_backward_before_any_forward_is_an_error() {
                 out.fill(1.0);
                 Ok(())
             }),
-            model.backward_output(&e),
-            model.backward_point(0, &h),
+            model
+                .backward_block(model.blocks().len() - 1, &e, false)
+                .map(|_| ()),
+            model.backward_block(0, &h, false).map(|_| ()),
+            model.backward_block(1, &h, true).map(|_| ()),
             model.backward(&e),
-            model.backward_to_points(&e, &mut |_, _| Ok(())),
         ];
         for r in results {
             let message = r.unwrap_err().to_string();

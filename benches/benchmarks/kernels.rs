@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group};
 use fdfa::init;
-use fdfa::layers::Param;
+use fdfa::layers::{Param, ParamMut};
 use fdfa::optim::{AdamConfig, Parameters};
 
 /// One parameter tensor, as an optimizer group.
 struct One(Param);
 
 impl Parameters for One {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        f("w", &mut self.0);
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+        f("w", ParamMut::new(&mut self.0));
     }
 }
 

@@ -10,14 +10,14 @@ mod run_dir;
 mod train_loop;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use fdfa::data::{Augmented, CIFAR100_SIZE, DataSource, DatasetName};
-use fdfa::diagnostics::{AlignmentLog, MeasureConfig, alignment_log_path};
+use fdfa::diagnostics::{AlignmentLog, AlignmentProbe, MeasureConfig, alignment_log_path};
 use fdfa::model::Model;
 use fdfa::rules::RuleKind;
 use fdfa::train::checkpoint::{self, CheckpointLock, RunInfo};
@@ -223,18 +223,16 @@ impl Args {
 
     /// The trainer settings these flags describe.
     pub fn train_config(&self) -> TrainConfig {
-        TrainConfig {
-            batch_size: self.batch_size as usize,
-            test_batch_size: self.test_batch_size as usize,
-            epochs: self.epochs,
-            lr: self.lr,
-            b_lr: self.b_lr,
-            gamma: self.gamma,
-            weight_decay: self.weight_decay,
-            feedback_decay: self.feedback_decay,
-            seed: self.seed,
-            dry_run: self.dry_run,
-        }
+        TrainConfig::default()
+            .with_batch_size(self.batch_size as usize)
+            .with_test_batch_size(self.test_batch_size as usize)
+            .with_epochs(self.epochs)
+            .with_lr(self.lr)
+            .with_b_lr(self.b_lr)
+            .with_gamma(self.gamma)
+            .with_weight_decay(self.weight_decay)
+            .with_feedback_decay(self.feedback_decay)
+            .with_seed(self.seed)
     }
 }
 
@@ -552,12 +550,28 @@ fn run(
                 repeats: args.alignment_repeats as usize,
                 jacobian_samples: args.alignment_jacobian_samples.map(|m| m as usize),
             };
-            trainer.measure_alignment(every as usize, config)?;
+            // Measured before each due step, on that step's batch, by a trainer hook.
+            let probe = Arc::new(Mutex::new(AlignmentProbe::new(every as usize, config)?));
+            let hook = probe.clone();
+            trainer.set_before_step(Some(Box::new(move |mut step| {
+                let position = (step.epoch, step.batch, step.batches);
+                match hook.lock() {
+                    Ok(mut probe) => probe.observe(
+                        step.model,
+                        step.rule,
+                        step.x,
+                        step.targets,
+                        position,
+                        &mut step.rng,
+                    ),
+                    Err(_) => Ok(()),
+                }
+            })));
             let path = alignment_log_path(&log_path);
             match touch {
                 true => {
                     println!("alignment every {every} batches to {}", path.display());
-                    Some(AlignmentLog::open(&path)?)
+                    Some((AlignmentLog::open(&path)?, probe))
                 }
                 false => None,
             }

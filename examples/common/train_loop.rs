@@ -5,10 +5,12 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fdfa::data::DataSource;
-use fdfa::diagnostics::AlignmentLog;
+use fdfa::diagnostics::{AlignmentLog, AlignmentProbe};
+use fdfa::layers::StateMut;
 use fdfa::train::checkpoint::{self, RunInfo};
 use fdfa::train::{CsvLog, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -34,8 +36,8 @@ pub struct Saving<'a> {
     pub stop: &'a AtomicBool,
     /// The last checkpoint saved (or resumed from).
     pub last_good: &'a mut Option<PathBuf>,
-    /// Where the alignment rows go, when the trainer measures them.
-    pub alignment: Option<AlignmentLog>,
+    /// Where the alignment rows go, and the probe that measures them before training steps.
+    pub alignment: Option<(AlignmentLog, Arc<Mutex<AlignmentProbe>>)>,
 }
 
 impl Saving<'_> {
@@ -77,18 +79,18 @@ enum Pause {
 /// to NaN; returns the tensor's name.
 fn poison(trainer: &mut Trainer) -> String {
     let mut name = None;
-    if let Some(fb) = trainer.rule.feedback_mut() {
-        fb.visit(&mut |n, p| {
+    if let Some(fb) = trainer.rule_mut().feedback_mut() {
+        fb.visit_mut(&mut |n, mut p| {
             if name.is_none() {
-                p.value.data_mut()[0] = f32::NAN;
+                p.storage_mut().0[0] = f32::NAN;
                 name = Some(n.to_string());
             }
         });
     }
     if name.is_none() {
-        trainer.model.visit_params(&mut |n, p| {
-            if name.is_none() {
-                p.value.data_mut()[0] = f32::NAN;
+        trainer.model_mut().visit_state_mut(&mut |n, state| {
+            if let (None, StateMut::Param(mut p)) = (&name, state) {
+                p.storage_mut().0[0] = f32::NAN;
                 name = Some(n.to_string());
             }
         });
@@ -184,14 +186,16 @@ pub fn train_loop_with(
                 } else {
                     None
                 };
-                match pause {
-                    Some(_) => ControlFlow::Break(()),
-                    None => ControlFlow::Continue(()),
+                // A dry run is one batch: the command line's business, not the trainer's.
+                if pause.is_some() || args.dry_run {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
             });
             // The rows measured so far, also when the epoch stopped on an error.
-            let rows = trainer.take_alignment();
-            if let Some(alignment) = &mut saving.alignment {
+            if let Some((alignment, probe)) = &mut saving.alignment {
+                let rows = probe.lock().map(|mut p| p.take_rows()).unwrap_or_default();
                 alignment.append(&rows)?;
             }
             let p = trainer.progress();

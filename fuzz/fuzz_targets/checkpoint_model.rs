@@ -8,6 +8,6 @@ fuzz_target!(|data: &[u8]| {
     let path = fdfa_fuzz::scratch_file("model.safetensors", data);
     let mut model = fdfa_fuzz::tiny_model();
     if fdfa::train::checkpoint::load_model(&path, &mut model).is_ok() {
-        assert!(fdfa_fuzz::all_finite(&mut model));
+        assert!(fdfa_fuzz::all_finite(&model));
     }
 });

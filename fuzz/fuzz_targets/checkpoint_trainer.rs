@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
     fdfa_fuzz::scratch_file("model-000001.safetensors", tensors);
     let mut trainer = fdfa_fuzz::tiny_trainer();
     if fdfa::train::checkpoint::load_trainer(&fdfa_fuzz::scratch_dir(), &mut trainer).is_ok() {
-        assert!(fdfa_fuzz::all_finite(&mut trainer.model));
+        assert!(fdfa_fuzz::all_finite(trainer.model()));
     }
 });

@@ -37,23 +37,19 @@ pub fn tiny_trainer() -> fdfa::train::Trainer {
     let rule = fdfa::rules::RuleKind::Fdfa
         .build(&model, 1, &mut rng)
         .expect("a valid rule");
-    let config = fdfa::train::TrainConfig {
-        batch_size: 4,
-        epochs: 2,
-        ..fdfa::train::TrainConfig::default()
-    };
+    let config = fdfa::train::TrainConfig::default()
+        .with_batch_size(4)
+        .with_epochs(2);
     fdfa::train::Trainer::new(model, rule, config).expect("a valid trainer")
 }
 
 /// Whether every tensor of the model's state is finite (what a successful load promises).
-pub fn all_finite(model: &mut fdfa::model::Model) -> bool {
+pub fn all_finite(model: &fdfa::model::Model) -> bool {
     let mut ok = true;
-    model.visit_state(&mut |_, state| {
-        if let fdfa::layers::StateMut::Param(p) = state {
-            ok &= p.value.is_finite();
-        } else if let fdfa::layers::StateMut::Buffer(t) = state {
-            ok &= t.is_finite();
-        }
+    model.visit_state(&mut |_, state| match state {
+        fdfa::layers::State::Param(p) => ok &= p.value().is_finite(),
+        fdfa::layers::State::Buffer(t) => ok &= t.is_finite(),
+        fdfa::layers::State::Counter(_) => {}
     });
     ok
 }

@@ -137,33 +137,32 @@ pub fn fits_input(sample: &[usize], input: &[usize]) -> bool {
 }
 
 /// Checks, before anything is trained, that `source` fits a model taking samples of
-/// `input_shape` with `classes` outputs: the same number of classes, and a sample shape that
-/// [`fits_input`].
+/// `input_shape` with `classes` logits: a logit for every class of the data (a model may
+/// have more), and a sample shape that [`fits_input`].
 ///
 /// # Errors
-/// [`Error::Mismatch`] naming what differs and both values.
+/// [`Error::ClassMismatch`] or [`Error::InputMismatch`], with both values.
 ///
 /// ```
 /// use fdfa::data::{check_fits, Dataset};
+/// use fdfa::Error;
 ///
 /// let data = Dataset::new(vec![0; 8], vec![0, 9], [1, 2, 2], 10).unwrap();
 /// assert!(check_fits(&data, &[1, 2, 2], 10).is_ok());
-/// let err = check_fits(&data, &[1, 2, 2], 2).unwrap_err();
-/// assert_eq!(err.to_string(), "the data's classes (10) does not fit the model's (2)");
+/// assert!(matches!(check_fits(&data, &[1, 2, 2], 2), Err(Error::ClassMismatch { .. })));
+/// assert!(matches!(check_fits(&data, &[1, 1, 4], 10), Err(Error::InputMismatch { .. })));
 /// ```
 pub fn check_fits(source: &dyn DataSource, input_shape: &[usize], classes: usize) -> Result<()> {
-    if source.classes() != classes {
-        return Err(Error::Mismatch {
-            what: "classes",
-            data: source.classes().to_string(),
-            model: classes.to_string(),
+    if source.classes() > classes {
+        return Err(Error::ClassMismatch {
+            data: source.classes(),
+            model: classes,
         });
     }
     if !fits_input(source.sample_shape(), input_shape) {
-        return Err(Error::Mismatch {
-            what: "sample shape",
-            data: format!("{:?}", source.sample_shape()),
-            model: format!("{input_shape:?}"),
+        return Err(Error::InputMismatch {
+            data: source.sample_shape().to_vec(),
+            model: input_shape.to_vec(),
         });
     }
     Ok(())

@@ -36,8 +36,8 @@ pub struct AlignmentRow {
 ///     Path::new("results/FDFA/run.alignment.csv")
 /// );
 /// ```
-pub fn alignment_log_path(log: &Path) -> PathBuf {
-    log.with_extension("alignment.csv")
+pub fn alignment_log_path(log: impl AsRef<Path>) -> PathBuf {
+    log.as_ref().with_extension("alignment.csv")
 }
 
 /// Appends [`AlignmentRow`]s to a CSV file with the header [`ALIGNMENT_HEADER`].
@@ -56,10 +56,11 @@ impl AlignmentLog {
     ///
     /// # Errors
     /// [`Error::Io`] when the file cannot be created or written.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         Ok(Self {
             path: path.to_path_buf(),
-            file: crate::train::csv_log::open_appending(path, ALIGNMENT_HEADER)?,
+            file: crate::csv::open_appending(path, ALIGNMENT_HEADER)?,
         })
     }
 

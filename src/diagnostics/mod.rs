@@ -13,8 +13,8 @@
 //!   feedback's target `B_l - grad(B_l)` (for FDFA, `mean_i d_i u_{l,i}^T`), and each relative
 //!   to the squared norm of its expected value.
 //!
-//! The Jacobian is exact: one reverse pass per sample and class
-//! ([`Model::backward_to_points`]), reading only sample `i`'s row. A pass with a one-hot
+//! The Jacobian is exact: one reverse pass per sample and class (chained
+//! [`Model::backward_block`]s), reading only sample `i`'s row. A pass with a one-hot
 //! cotangent on every sample at once would not do: BatchNorm couples the samples, and the
 //! sum of those cross-sample terms cancels the per-sample Jacobian (for the first block of
 //! FC-n it is exactly zero, since BatchNorm removes any shift common to the batch).
@@ -45,11 +45,9 @@ mod log;
 
 pub use log::{ALIGNMENT_HEADER, AlignmentLog, AlignmentRow, alignment_log_path};
 
-use std::collections::HashMap;
-
 use crate::error::{Error, Result};
 use crate::init::Rng;
-use crate::layers::StateMut;
+use crate::layers::{State, StateMut};
 use crate::model::Model;
 use crate::rules::{Bp, LearningRule};
 use crate::tensor::Tensor;
@@ -100,6 +98,80 @@ pub struct LayerAlignment {
     /// [`feedback_variance`](Self::feedback_variance) over the squared norm of the expected
     /// target, estimated as for [`relative_variance`](Self::relative_variance).
     pub feedback_relative_variance: Option<f64>,
+}
+
+/// A measurement every `every` batches of a training run, before that batch's update, with
+/// its rows kept until taken: what a [`Trainer::set_before_step`] hook calls (see there for
+/// an example).
+///
+/// [`Trainer::set_before_step`]: crate::train::Trainer::set_before_step
+#[derive(Clone, Debug)]
+pub struct AlignmentProbe {
+    every: usize,
+    config: MeasureConfig,
+    rows: Vec<AlignmentRow>,
+}
+
+impl AlignmentProbe {
+    /// A probe measuring every `every` batches with `config`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `every`, `config.repeats` or `config.jacobian_samples`
+    /// is zero.
+    pub fn new(every: usize, config: MeasureConfig) -> Result<Self> {
+        if every == 0 {
+            return Err(Error::config("measure", "every", "must be positive"));
+        }
+        if config.repeats == 0 {
+            return Err(Error::config("measure", "repeats", "must be at least 1"));
+        }
+        if config.jacobian_samples == Some(0) {
+            return Err(Error::config(
+                "measure",
+                "jacobian_samples",
+                "must be at least 1",
+            ));
+        }
+        Ok(Self {
+            every,
+            config,
+            rows: Vec::new(),
+        })
+    }
+
+    /// Measures on the batch `x` (with class indices `targets`) at `(epoch, batch,
+    /// batches)` (epoch and batch from 1) when the batch is due, drawing from `rng`; nothing
+    /// that training depends on changes ([`measure`]).
+    ///
+    /// # Errors
+    /// As [`measure`].
+    pub fn observe(
+        &mut self,
+        model: &mut Model,
+        rule: &mut dyn LearningRule,
+        x: &Tensor,
+        targets: &[usize],
+        (epoch, batch, batches): (usize, usize, usize),
+        rng: &mut Rng,
+    ) -> Result<()> {
+        if !batch.is_multiple_of(self.every) {
+            return Ok(());
+        }
+        let layers = measure(model, rule, x, targets, rng, &self.config)?;
+        self.rows
+            .extend(layers.into_iter().map(|alignment| AlignmentRow {
+                epoch,
+                batch,
+                batches,
+                alignment,
+            }));
+        Ok(())
+    }
+
+    /// The rows measured since the last call.
+    pub fn take_rows(&mut self) -> Vec<AlignmentRow> {
+        std::mem::take(&mut self.rows)
+    }
 }
 
 /// Element-wise running mean and sum of squared deviations (Welford), in `f64`.
@@ -170,63 +242,40 @@ fn dot_norms(a: &[f32], b: &[f32]) -> (f64, f64, f64) {
         })
 }
 
-/// Which hidden block each parameter belongs to, and each block's main weight.
-struct Groups {
-    /// Per parameter (in visiting order): the feedback point of its block, if hidden.
-    point_of: Vec<Option<usize>>,
-    /// Per feedback point: the index and name of its main weight.
-    main: Vec<Option<(usize, String)>>,
-}
-
-impl Groups {
-    fn new(model: &mut Model) -> Self {
-        let mut block_point = HashMap::new();
-        let mut point = 0;
-        for block in model.blocks() {
-            if block.feedback().is_some() {
-                for layer in block.layers() {
-                    block_point.insert(layer.name().to_string(), point);
-                }
-                point += 1;
-            }
+/// The gradients of the parameters of block `block`, in visiting order, each in its
+/// storage order (elementwise comparisons need no layout).
+fn block_grads(model: &Model, block: usize) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+    let mut out = Vec::new();
+    model.visit_block_state(block, &mut |name, state| {
+        if let State::Param(p) = state {
+            out.push((name.to_string(), p.shape(), p.storage().1.to_vec()));
         }
-        let mut point_of = Vec::new();
-        let mut main: Vec<Option<(usize, String)>> = vec![None; point];
-        model.visit_params(&mut |name, p| {
-            let l = name
-                .rsplit_once('.')
-                .and_then(|(layer, _)| block_point.get(layer).copied());
-            if let Some(l) = l
-                && main[l].is_none()
-                && p.value.shape().len() >= 2
-            {
-                main[l] = Some((point_of.len(), name.to_string()));
-            }
-            point_of.push(l);
-        });
-        Self { point_of, main }
-    }
+    });
+    out
 }
 
-/// Everything the measurement may touch and must give back.
+/// The index, among a block's parameters, of its main weight: the first of rank 2 or more.
+fn main_weight(params: &[(String, Vec<usize>, Vec<f32>)]) -> Option<usize> {
+    params.iter().position(|(_, shape, _)| shape.len() >= 2)
+}
+
+/// Everything the measurement may touch and must give back, in visiting order.
 struct Snapshot {
-    grads: Vec<Tensor>,
+    grads: Vec<Vec<f32>>,
     buffers: Vec<Tensor>,
     counters: Vec<u64>,
-    learned: Vec<Tensor>,
+    learned: Vec<Vec<f32>>,
 }
 
 impl Snapshot {
     fn take(model: &mut Model, rule: &mut dyn LearningRule) -> Self {
         let (mut grads, mut buffers, mut counters, mut learned) = (vec![], vec![], vec![], vec![]);
-        // In the stored layout: what is taken is given back as it was, so nothing needs the
-        // (costly, on AlexNet) transposes of `visit_state`.
-        model.visit_stored_state(&mut |_, state, _| match state {
-            StateMut::Param(p) => grads.push(p.grad.clone()),
-            StateMut::Buffer(t) => buffers.push(t.clone()),
+        model.visit_state_mut(&mut |_, state| match state {
+            StateMut::Param(mut p) => grads.push(p.storage_mut().1.to_vec()),
+            StateMut::Buffer(t) => buffers.push(t.get().clone()),
             StateMut::Counter(c) => counters.push(*c),
         });
-        rule.visit_learned(&mut |_, p| learned.push(p.grad.clone()));
+        rule.visit_learned(&mut |_, mut p| learned.push(p.storage_mut().1.to_vec()));
         Self {
             grads,
             buffers,
@@ -235,20 +284,21 @@ impl Snapshot {
         }
     }
 
+    /// Gives everything back; the model and the rule are those the snapshot was taken of,
+    /// so every entry fits.
     fn restore(self, model: &mut Model, rule: &mut dyn LearningRule) {
         let mut grads = self.grads.into_iter();
         let mut buffers = self.buffers.into_iter();
         let mut counters = self.counters.into_iter();
-        model.visit_stored_state(&mut |_, state, _| match state {
-            StateMut::Param(p) => {
+        model.visit_state_mut(&mut |_, state| match state {
+            StateMut::Param(mut p) => {
                 if let Some(g) = grads.next() {
-                    p.grad = g;
+                    p.storage_mut().1.copy_from_slice(&g);
                 }
-                p.tangent = None;
             }
-            StateMut::Buffer(t) => {
+            StateMut::Buffer(mut t) => {
                 if let Some(b) = buffers.next() {
-                    *t = b;
+                    t.data_mut().copy_from_slice(b.data());
                 }
             }
             StateMut::Counter(c) => {
@@ -258,9 +308,9 @@ impl Snapshot {
             }
         });
         let mut learned = self.learned.into_iter();
-        rule.visit_learned(&mut |_, p| {
+        rule.visit_learned(&mut |_, mut p| {
             if let Some(g) = learned.next() {
-                p.grad = g;
+                p.storage_mut().1.copy_from_slice(&g);
             }
         });
     }
@@ -310,13 +360,12 @@ fn measure_inner(
     rng: &mut Rng,
     config: &MeasureConfig,
 ) -> Result<Vec<LayerAlignment>> {
-    let groups = Groups::new(model);
     let points = model.feedback_points().len();
 
-    // Backpropagation's gradients of the hidden blocks.
+    // Backpropagation's gradients of the hidden blocks (block `l` ends in point `l`).
     Bp::new().step(model, x, targets, rng)?;
-    let mut bp = Vec::new();
-    model.visit_params(&mut |_, p| bp.push(p.grad.clone()));
+    let bp: Vec<_> = (0..points).map(|l| block_grads(model, l)).collect();
+    let main: Vec<Option<usize>> = bp.iter().map(|b| main_weight(b)).collect();
     let jacobians = match rule.feedback() {
         Some(_) => Some(batch_jacobians(model, config.jacobian_samples)?),
         None => None,
@@ -328,28 +377,29 @@ fn measure_inner(
     let mut block_cos = vec![0.0; points];
     for _ in 0..config.repeats {
         rule.step(model, x, targets, rng)?;
-        // Per point: dot with BP, |rule|^2, |BP|^2 over the block.
-        let mut block = vec![(0.0, 0.0, 0.0); points];
-        let mut i = 0;
-        model.visit_params(&mut |_, p| {
-            if let Some(l) = groups.point_of[i] {
-                let (d, a, b) = dot_norms(p.grad.data(), bp[i].data());
-                let acc = &mut block[l];
-                *acc = (acc.0 + d, acc.1 + a, acc.2 + b);
-                if groups.main[l].as_ref().is_some_and(|(m, _)| *m == i) {
-                    update_cos[l] += cosine(d, a, b);
-                    main_moments[l].push(p.grad.data().iter().copied());
+        for l in 0..points {
+            // Dot with BP, |rule|^2, |BP|^2 over the block.
+            let mut acc = (0.0, 0.0, 0.0);
+            let mut j = 0;
+            model.visit_block_state(l, &mut |_, state| {
+                if let State::Param(p) = state {
+                    let grad = p.storage().1;
+                    let (d, a, b) = dot_norms(grad, &bp[l][j].2);
+                    acc = (acc.0 + d, acc.1 + a, acc.2 + b);
+                    if main[l] == Some(j) {
+                        update_cos[l] += cosine(d, a, b);
+                        main_moments[l].push(grad.iter().copied());
+                    }
+                    j += 1;
                 }
-            }
-            i += 1;
-        });
-        for (l, (d, a, b)) in block.into_iter().enumerate() {
-            block_cos[l] += cosine(d, a, b);
+            });
+            block_cos[l] += cosine(acc.0, acc.1, acc.2);
         }
         let mut l = 0;
         rule.visit_learned(&mut |_, p| {
             if let Some(m) = feedback_moments.get_mut(l) {
-                m.push(p.value.data().iter().zip(p.grad.data()).map(|(v, g)| v - g));
+                let (value, grad) = p.view().storage();
+                m.push(value.iter().zip(grad).map(|(v, g)| v - g));
             }
             l += 1;
         });
@@ -360,7 +410,7 @@ fn measure_inner(
     let mut layers = Vec::with_capacity(points);
     for l in 0..points {
         let feedback_cosine = match (rule.feedback(), &jacobians) {
-            (Some(fb), Some(js)) => fb.matrices.get(l).map(|b| {
+            (Some(fb), Some(js)) => fb.matrices().get(l).map(|b| {
                 let (d, a, c) = dot_norms(b.value.data(), js[l].data());
                 cosine(d, a, c)
             }),
@@ -371,10 +421,7 @@ fn measure_inner(
         layers.push(LayerAlignment {
             layer: l,
             point: model.feedback_points()[l].name.clone(),
-            weight: groups.main[l]
-                .as_ref()
-                .map(|(_, n)| n.clone())
-                .unwrap_or_default(),
+            weight: main[l].map(|j| bp[l][j].0.clone()).unwrap_or_default(),
             update_cosine: update_cos[l] / repeats,
             block_cosine: block_cos[l] / repeats,
             feedback_cosine,
@@ -416,21 +463,28 @@ pub fn batch_jacobians(model: &mut Model, samples: Option<usize>) -> Result<Vec<
         })
         .collect();
     let mut cotangent = Tensor::zeros(&[n, classes]);
+    let mut grad = Tensor::default();
     let scale = 1.0 / m.max(1) as f32;
+    let last = model.blocks().len() - 1;
     for i in 0..m {
         for c in 0..classes {
             cotangent.fill(0.0);
             cotangent.data_mut()[i * classes + c] = 1.0;
-            model.backward_to_points(&cotangent, &mut |l, grad| {
-                let row = grad.row(i);
-                let j = &mut jacobians[l];
+            grad.assign(&cotangent);
+            // Backpropagation from the logits down to the first feedback point: the input
+            // gradient of block `b` is the gradient of `h_{b-1}`.
+            for b in (1..=last).rev() {
+                let Some(g) = model.backward_block(b, &grad, true)? else {
+                    unreachable!("backward_block returns the input gradient when asked")
+                };
+                let j = &mut jacobians[b - 1];
                 let len = j.row_len();
                 j.data_mut()[c * len..(c + 1) * len]
                     .iter_mut()
-                    .zip(row)
-                    .for_each(|(a, b)| *a += scale * b);
-                Ok(())
-            })?;
+                    .zip(g.row(i))
+                    .for_each(|(a, v)| *a += scale * v);
+                grad.assign(g);
+            }
         }
     }
     Ok(jacobians)

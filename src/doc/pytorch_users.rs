@@ -26,13 +26,15 @@
 //! ## What differs
 //!
 //! - Batches are `f32` and batch-major: `[N, features]` or `[N, C, H, W]`, as in PyTorch.
-//! - [`Linear`](crate::layers::Linear) keeps its weight as `Wᵀ`, `[in, out]` (as burn does),
-//!   so that its forward product reads the weight contiguously. Its public `weight` field and
-//!   [`Model::visit_params`](crate::model::Model::visit_params) show that layout;
+//! - Every public view of a parameter is in PyTorch's layout: [`Linear::weight`](crate::layers::Linear::weight)
+//!   is `[out, in]`, as are the entries of
 //!   [`Model::visit_state`](crate::model::Model::visit_state), checkpoints and the optimizer
-//!   moments in them show PyTorch's `[out, in]`;
-//!   [`Model::visit_stored_state`](crate::model::Model::visit_stored_state) shows the stored
-//!   layout, flagged, without copies.
+//!   moments in them. Inside, a `Linear` keeps `Wᵀ` (as burn does) so that its forward
+//!   product reads the weight contiguously; the optimizers, being elementwise, step on that
+//!   storage without a copy.
+//! - A `state_dict` path is the layer's name and the tensor's suffix. Layers left unnamed
+//!   are named by their position (`0.1.weight`, as in nested `nn.Sequential`s), and
+//!   [`Model::new`](crate::model::Model::new) refuses two layers with state of one name.
 //! - Layers do not own autograd graphs. A rule calls the model's primitives explicitly:
 //!   forward with a hook at each feedback point, block-local backward of one block or of all
 //!   at once ([`Model::backward_local`](crate::model::Model::backward_local), which trains

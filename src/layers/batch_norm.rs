@@ -3,7 +3,10 @@
 //! Both views share one core on a `[n, c, s]` layout (`s = 1` for 1-D, `h * w` for 2-D);
 //! statistics are taken over `n * s` values per channel.
 
-use super::{Layer, Param, StateMut, check_grad, check_shape};
+use super::{
+    BufferMut, Layer, Param, ParamMut, ParamRef, State, StateMut, check_direction, check_grad,
+    check_shape, explicit_tangent,
+};
 use crate::error::{Error, Result};
 use crate::parallel::{par_chunks_mut, par_zip_chunks_scratch};
 use crate::tensor::{Dual, Tensor};
@@ -28,7 +31,8 @@ pub struct BatchNormConfig {
     pub eps: f32,
     /// Weight of the new batch statistics in the running averages.
     pub momentum: f32,
-    /// The layer's name (default `bn`).
+    /// The layer's name (default: none, and [`Model::new`](crate::model::Model::new) names
+    /// the layer by its position).
     pub name: String,
 }
 
@@ -40,7 +44,7 @@ impl BatchNormConfig {
             spatial: false,
             eps: 1e-5,
             momentum: 0.1,
-            name: "bn".into(),
+            name: String::new(),
         }
     }
 
@@ -53,18 +57,21 @@ impl BatchNormConfig {
     }
 
     /// Sets the layer's name.
+    #[must_use]
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// Sets `eps`.
+    #[must_use]
     pub fn with_eps(mut self, eps: f32) -> Self {
         self.eps = eps;
         self
     }
 
     /// Sets the momentum of the running statistics.
+    #[must_use]
     pub fn with_momentum(mut self, momentum: f32) -> Self {
         self.momentum = momentum;
         self
@@ -76,14 +83,19 @@ impl BatchNormConfig {
     /// [`Error::InvalidConfig`] for zero features, a non-positive `eps` or a momentum outside
     /// `[0, 1]`.
     pub fn init(&self) -> Result<BatchNorm> {
+        let label = if self.name.is_empty() {
+            "BatchNorm"
+        } else {
+            &self.name
+        };
         if self.features == 0 {
-            return Err(Error::config(&self.name, "features", "must be positive"));
+            return Err(Error::config(label, "features", "must be positive"));
         }
         if self.eps.is_nan() || self.eps <= 0.0 {
-            return Err(Error::config(&self.name, "eps", "must be positive"));
+            return Err(Error::config(label, "eps", "must be positive"));
         }
         if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(Error::config(&self.name, "momentum", "must lie in [0, 1]"));
+            return Err(Error::config(label, "momentum", "must lie in [0, 1]"));
         }
         let f = self.features;
         Ok(BatchNorm {
@@ -107,15 +119,15 @@ impl BatchNormConfig {
 pub struct BatchNorm {
     config: BatchNormConfig,
     /// Scale `gamma`, `[features]`.
-    pub weight: Param,
+    weight: Param,
     /// Shift `beta`, `[features]`.
-    pub bias: Param,
+    bias: Param,
     /// Running mean, `[features]`.
-    pub running_mean: Tensor,
+    running_mean: Tensor,
     /// Running (unbiased) variance, `[features]`.
-    pub running_var: Tensor,
+    running_var: Tensor,
     /// Training batches seen.
-    pub num_batches_tracked: u64,
+    num_batches_tracked: u64,
     /// `x̂` of the last training forward, kept for backward.
     normalized: Tensor,
     /// `1 / sqrt(var + eps)` and the batch mean of the last training forward, in f64: the
@@ -328,6 +340,73 @@ fn channel_map<T: Copy + Send + Sync, const K: usize>(
 }
 
 impl BatchNorm {
+    /// The scale `gamma`, `[features]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight.value
+    }
+
+    /// The shift `beta`, `[features]`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias.value
+    }
+
+    /// The running mean, `[features]`.
+    pub fn running_mean(&self) -> &Tensor {
+        &self.running_mean
+    }
+
+    /// The running (unbiased) variance, `[features]`.
+    pub fn running_var(&self) -> &Tensor {
+        &self.running_var
+    }
+
+    /// Training batches seen.
+    pub fn num_batches_tracked(&self) -> u64 {
+        self.num_batches_tracked
+    }
+
+    /// Sets one of the per-feature tensors (`weight`, `bias`, `running_mean`,
+    /// `running_var`) by its `state_dict` suffix.
+    ///
+    /// ```
+    /// use fdfa::layers::BatchNormConfig;
+    /// use fdfa::Tensor;
+    /// let mut bn = BatchNormConfig::d1(3).init()?;
+    /// bn.set("weight", &Tensor::from_vec(&[3], vec![0.5, 1.0, 2.0])?)?;
+    /// assert_eq!(bn.weight().data(), &[0.5, 1.0, 2.0]);
+    /// assert!(bn.set("running_var", &Tensor::zeros(&[4])).is_err());
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a shape other than `[features]`; [`Error::InvalidConfig`] for
+    /// another name.
+    pub fn set(&mut self, name: &str, value: &Tensor) -> Result<()> {
+        let f = self.config.features;
+        let target = match name {
+            "weight" => &mut self.weight.value,
+            "bias" => &mut self.bias.value,
+            "running_mean" => &mut self.running_mean,
+            "running_var" => &mut self.running_var,
+            _ => {
+                return Err(Error::config(
+                    &self.config.name,
+                    "name",
+                    format!("`{name}` is not one of weight, bias, running_mean, running_var"),
+                ));
+            }
+        };
+        if value.shape() != [f] {
+            return Err(Error::shape(
+                &format!("{}.{name}", self.config.name),
+                format!("[{f}]"),
+                value.shape(),
+            ));
+        }
+        target.assign(value);
+        Ok(())
+    }
+
     /// The layer's configuration.
     pub fn config(&self) -> &BatchNormConfig {
         &self.config
@@ -379,6 +458,10 @@ impl BatchNorm {
 impl Layer for BatchNorm {
     fn name(&self) -> &str {
         &self.config.name
+    }
+
+    fn set_name(&mut self, name: &str) {
+        self.config.name = name.to_string();
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
@@ -433,13 +516,7 @@ impl Layer for BatchNorm {
             [mean, inv_std],
             |v, _, [mean, inv_std]| ((v as f64 - mean) * inv_std) as f32,
         );
-        let param_tangent = self.weight.tangent.is_some() || self.bias.tangent.is_some();
-        let k = if param_tangent {
-            input.directions().max(1)
-        } else {
-            input.directions()
-        };
-        output.resize(x.shape(), k);
+        output.resize(x.shape(), input.directions());
         let (y, dy) = output.parts_mut();
         let (gamma, beta) = (self.weight.value.data(), self.bias.value.data());
         channel_map(
@@ -450,32 +527,11 @@ impl Layer for BatchNorm {
             [gamma, beta],
             |h, _, [gamma, beta]| gamma * h + beta,
         );
-        let Some(dy) = dy else { return Ok(()) };
-        let block = x.len();
-        match input.tangent() {
-            Some(dx) => {
-                for (dxb, dyb) in dx.data().chunks(block).zip(dy.data_mut().chunks_mut(block)) {
-                    self.sums_with_normalized(dxb, dims);
-                    self.normalization_jacobian(dxb, dyb, dims);
-                }
-            }
-            None => dy.fill(0.0),
-        }
-        if param_tangent {
-            // Product rule on y = gamma x̂ + beta: d(y) += d(gamma) x̂ + d(beta).
-            let zeros = vec![0.0; c];
-            let dg = self
-                .weight
-                .tangent
-                .as_ref()
-                .map_or(&zeros[..], |t| t.data());
-            let db = self.bias.tangent.as_ref().map_or(&zeros[..], |t| t.data());
-            let xh = self.normalized.data();
-            for dyb in dy.data_mut().chunks_mut(block) {
-                let prev = dyb.to_vec();
-                channel_map(dyb, &prev, xh, dims, [dg, db], |d, h, [dg, db]| {
-                    d + dg * h + db
-                });
+        if let (Some(dy), Some(dx)) = (dy, input.tangent()) {
+            let block = x.len();
+            for (dxb, dyb) in dx.data().chunks(block).zip(dy.data_mut().chunks_mut(block)) {
+                self.sums_with_normalized(dxb, dims);
+                self.normalization_jacobian(dxb, dyb, dims);
             }
         }
         Ok(())
@@ -525,14 +581,59 @@ impl Layer for BatchNorm {
         Ok(())
     }
 
-    fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
-        f("weight", StateMut::Param(&mut self.weight));
-        f("bias", StateMut::Param(&mut self.bias));
-        f("running_mean", StateMut::Buffer(&mut self.running_mean));
-        f("running_var", StateMut::Buffer(&mut self.running_var));
+    fn visit_state(&self, f: &mut dyn FnMut(&str, State<'_>)) {
+        f("weight", State::Param(ParamRef::new(&self.weight)));
+        f("bias", State::Param(ParamRef::new(&self.bias)));
+        f("running_mean", State::Buffer(&self.running_mean));
+        f("running_var", State::Buffer(&self.running_var));
+        f(
+            "num_batches_tracked",
+            State::Counter(self.num_batches_tracked),
+        );
+    }
+
+    fn visit_state_mut(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        f("weight", StateMut::Param(ParamMut::new(&mut self.weight)));
+        f("bias", StateMut::Param(ParamMut::new(&mut self.bias)));
+        f(
+            "running_mean",
+            StateMut::Buffer(BufferMut::new(&mut self.running_mean)),
+        );
+        f(
+            "running_var",
+            StateMut::Buffer(BufferMut::new(&mut self.running_var)),
+        );
         f(
             "num_batches_tracked",
             StateMut::Counter(&mut self.num_batches_tracked),
         );
+    }
+
+    fn add_param_jvp(&self, input: &Tensor, v: &[&[f32]], output: &mut Dual) -> Result<()> {
+        let c = self.config.features;
+        check_direction(&self.config.name, v, &[c, c])?;
+        self.check(input.shape())?;
+        if self.normalized.shape() != input.shape() {
+            return Err(Error::shape(
+                &format!("{} (parameter direction)", self.config.name),
+                format!(
+                    "the input of the last training forward, {:?}",
+                    self.normalized.shape()
+                ),
+                input.shape(),
+            ));
+        }
+        let dims = layout(input.shape());
+        let (dg, db) = (v[0], v[1]);
+        let xh = self.normalized.data();
+        // Affine in (gamma, beta): d(y) += d(gamma) x̂ + d(beta).
+        let (dy, block) = explicit_tangent(output);
+        for dyb in dy.data_mut().chunks_mut(block) {
+            let prev = dyb.to_vec();
+            channel_map(dyb, &prev, xh, dims, [dg, db], |d, h, [dg, db]| {
+                d + dg * h + db
+            });
+        }
+        Ok(())
     }
 }

@@ -2,7 +2,10 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-use super::{Layer, Param, StateMut, check_grad, check_shape};
+use super::{
+    Layer, Param, ParamMut, ParamRef, State, StateMut, check_direction, check_grad, check_shape,
+    explicit_tangent,
+};
 use crate::error::{Error, Result};
 use crate::init::{Rng, default_bound, uniform};
 use crate::kernels::gemm::gemm_serial;
@@ -38,7 +41,8 @@ pub struct Conv2dConfig {
     pub padding: usize,
     /// Whether the layer has a bias (default `true`).
     pub bias: bool,
-    /// The layer's name (default `conv`).
+    /// The layer's name (default: none, and [`Model::new`](crate::model::Model::new) names
+    /// the layer by its position).
     pub name: String,
 }
 
@@ -52,29 +56,33 @@ impl Conv2dConfig {
             stride: 1,
             padding: 0,
             bias: true,
-            name: "conv".into(),
+            name: String::new(),
         }
     }
 
     /// Sets the stride.
+    #[must_use]
     pub fn with_stride(mut self, stride: usize) -> Self {
         self.stride = stride;
         self
     }
 
     /// Sets the zero padding.
+    #[must_use]
     pub fn with_padding(mut self, padding: usize) -> Self {
         self.padding = padding;
         self
     }
 
     /// Sets whether the layer has a bias.
+    #[must_use]
     pub fn with_bias(mut self, bias: bool) -> Self {
         self.bias = bias;
         self
     }
 
     /// Sets the layer's name.
+    #[must_use]
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -93,7 +101,12 @@ impl Conv2dConfig {
             ("stride", self.stride),
         ] {
             if v == 0 {
-                return Err(Error::config(&self.name, field, "must be positive"));
+                let label = if self.name.is_empty() {
+                    "Conv2d"
+                } else {
+                    &self.name
+                };
+                return Err(Error::config(label, field, "must be positive"));
             }
         }
         let fan_in = self.c_in * self.kernel * self.kernel;
@@ -116,13 +129,22 @@ impl Conv2dConfig {
 }
 
 /// 2-D convolution on `[N, c_in, h, w]` inputs.
+///
+/// ```
+/// use fdfa::layers::Conv2dConfig;
+/// use fdfa::Tensor;
+/// let mut conv = Conv2dConfig::new(1, 2, 3).init(&mut fdfa::init::rng(0))?;
+/// assert_eq!(conv.weight().shape(), &[2, 1, 3, 3]);
+/// assert!(conv.set_weight(&Tensor::zeros(&[2, 1, 3, 4])).is_err());
+/// # Ok::<(), fdfa::Error>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     config: Conv2dConfig,
     /// `[c_out, c_in, kernel, kernel]`.
-    pub weight: Param,
+    weight: Param,
     /// `[c_out]`, if the layer has a bias.
-    pub bias: Option<Param>,
+    bias: Option<Param>,
     /// Per-task partial weight gradients, reduced in task order.
     partials: Vec<f32>,
 }
@@ -148,10 +170,60 @@ impl Conv2d {
         })
     }
 
-    fn weight_matrix(t: &Tensor, c_out: usize) -> ArrayView2<'_, f32> {
-        let len = t.len() / c_out;
-        ArrayView2::from_shape((c_out, len), t.data())
+    /// The weight, `[c_out, c_in, kernel, kernel]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight.value
+    }
+
+    /// The bias, `[c_out]`, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref().map(|b| &b.value)
+    }
+
+    /// Sets the weight.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a shape other than `[c_out, c_in, kernel, kernel]`.
+    pub fn set_weight(&mut self, weight: &Tensor) -> Result<()> {
+        let want = format!("{:?}", self.weight.value.shape());
+        ParamMut::new(&mut self.weight)
+            .set_value(weight)
+            .map_err(|_| {
+                Error::shape(
+                    &format!("{}.weight", self.config.name),
+                    want,
+                    weight.shape(),
+                )
+            })
+    }
+
+    /// Sets the bias.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a shape other than `[c_out]`; [`Error::InvalidConfig`] when the
+    /// layer has no bias.
+    pub fn set_bias(&mut self, bias: &Tensor) -> Result<()> {
+        let c = &self.config;
+        let Some(b) = &mut self.bias else {
+            return Err(Error::config(&c.name, "bias", "the layer has no bias"));
+        };
+        ParamMut::new(b).set_value(bias).map_err(|_| {
+            Error::shape(
+                &format!("{}.bias", c.name),
+                format!("[{}]", c.c_out),
+                bias.shape(),
+            )
+        })
+    }
+
+    fn weight_matrix(w: &[f32], c_out: usize) -> ArrayView2<'_, f32> {
+        let len = w.len() / c_out;
+        ArrayView2::from_shape((c_out, len), w)
             .unwrap_or_else(|_| unreachable!("weight is [c_out, c_in, k, k]"))
+    }
+
+    fn bias_data(&self) -> Option<&[f32]> {
+        self.bias.as_ref().map(|b| b.value.data())
     }
 
     /// `y <- W · im2col(x)ᵀ + b` for every sample; `y` is `[n, c_out, out_h, out_w]`.
@@ -159,8 +231,8 @@ impl Conv2d {
         &self,
         g: &Geometry,
         x: &Tensor,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
+        weight: &[f32],
+        bias: Option<&[f32]>,
         y: &mut Tensor,
     ) {
         let c_out = self.config.c_out;
@@ -174,7 +246,7 @@ impl Conv2d {
             let cols = ArrayView2::from_shape((pl, p), &s.a[..]).unwrap_or_else(|_| unreachable!());
             let beta = match bias {
                 Some(b) => {
-                    for (row, &bv) in out.chunks_mut(p).zip(b.data()) {
+                    for (row, &bv) in out.chunks_mut(p).zip(b) {
                         row.fill(bv);
                     }
                     1.0
@@ -217,6 +289,10 @@ impl Layer for Conv2d {
         &self.config.name
     }
 
+    fn set_name(&mut self, name: &str) {
+        self.config.name = name.to_string();
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let g = self.geometry(input)?;
         Ok(vec![input[0], self.config.c_out, g.out_h, g.out_w])
@@ -227,44 +303,13 @@ impl Layer for Conv2d {
         let g = self.geometry(x.shape())?;
         let n = x.batch();
         let c_out = self.config.c_out;
-        let k_in = input.directions();
-        let param_tangent = self.weight.tangent.is_some()
-            || self.bias.as_ref().is_some_and(|b| b.tangent.is_some());
-        let k = if param_tangent { k_in.max(1) } else { k_in };
-        output.resize(&[n, c_out, g.out_h, g.out_w], k);
+        output.resize(&[n, c_out, g.out_h, g.out_w], input.directions());
         let (y, dy) = output.parts_mut();
-        self.convolve(
-            &g,
-            x,
-            &self.weight.value,
-            self.bias.as_ref().map(|b| &b.value),
-            y,
-        );
-        let Some(dy) = dy else { return Ok(()) };
+        let w = self.weight.value.data();
+        self.convolve(&g, x, w, self.bias_data(), y);
         // The convolution is linear in its input: its JVP is the same convolution, bias-free.
-        match input.tangent() {
-            Some(dx) => self.convolve(&g, dx, &self.weight.value, None, dy),
-            None => dy.fill(0.0),
-        }
-        if param_tangent {
-            // Product rule: d(y) += conv(x, d(W)) + d(b), the same for every tangent block.
-            let zero_w;
-            let dw = match &self.weight.tangent {
-                Some(t) => t,
-                None => {
-                    zero_w = Tensor::zeros(self.weight.value.shape());
-                    &zero_w
-                }
-            };
-            let db = self.bias.as_ref().and_then(|b| b.tangent.as_ref());
-            let mut extra = Tensor::zeros(&[n, c_out, g.out_h, g.out_w]);
-            self.convolve(&g, x, dw, db, &mut extra);
-            for block in dy.data_mut().chunks_mut(extra.len()) {
-                block
-                    .iter_mut()
-                    .zip(extra.data())
-                    .for_each(|(a, b)| *a += b);
-            }
+        if let (Some(dy), Some(dx)) = (dy, input.tangent()) {
+            self.convolve(&g, dx, w, None, dy);
         }
         Ok(())
     }
@@ -275,8 +320,8 @@ impl Layer for Conv2d {
         self.convolve(
             &g,
             input,
-            &self.weight.value,
-            self.bias.as_ref().map(|b| &b.value),
+            self.weight.value.data(),
+            self.bias_data(),
             output,
         );
         Ok(())
@@ -296,7 +341,7 @@ impl Layer for Conv2d {
         let (p, pl) = (g.out_pixels(), g.patch_len());
         let tasks = n.div_ceil(SAMPLES_PER_TASK);
         self.partials.resize(tasks * c_out * pl, 0.0);
-        let w = Self::weight_matrix(&self.weight.value, c_out);
+        let w = Self::weight_matrix(self.weight.value.data(), c_out);
         let work = n * p * pl * c_out * 2;
         // Each task sums the weight gradient of its samples (recomputing their im2col, which
         // is cheap next to the product) and, when asked, writes their input gradient.
@@ -366,11 +411,33 @@ impl Layer for Conv2d {
         Ok(())
     }
 
-    fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
-        f("weight", StateMut::Param(&mut self.weight));
-        if let Some(b) = &mut self.bias {
-            f("bias", StateMut::Param(b));
+    fn visit_state(&self, f: &mut dyn FnMut(&str, State<'_>)) {
+        f("weight", State::Param(ParamRef::new(&self.weight)));
+        if let Some(b) = &self.bias {
+            f("bias", State::Param(ParamRef::new(b)));
         }
+    }
+
+    fn visit_state_mut(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        f("weight", StateMut::Param(ParamMut::new(&mut self.weight)));
+        if let Some(b) = &mut self.bias {
+            f("bias", StateMut::Param(ParamMut::new(b)));
+        }
+    }
+
+    fn add_param_jvp(&self, input: &Tensor, v: &[&[f32]], output: &mut Dual) -> Result<()> {
+        let mut lens = vec![self.weight.value.len()];
+        lens.extend(self.bias.as_ref().map(|b| b.value.len()));
+        check_direction(&self.config.name, v, &lens)?;
+        let g = self.geometry(input.shape())?;
+        // Linear in (W, b): the JVP along (dW, db) is the convolution with (dW, db).
+        let mut extra = Tensor::zeros(&[input.batch(), self.config.c_out, g.out_h, g.out_w]);
+        self.convolve(&g, input, v[0], v.get(1).copied(), &mut extra);
+        let (dy, block) = explicit_tangent(output);
+        for t in dy.data_mut().chunks_mut(block) {
+            t.iter_mut().zip(extra.data()).for_each(|(a, b)| *a += b);
+        }
+        Ok(())
     }
 
     fn flops_per_sample(&self, input: &[usize]) -> usize {

@@ -28,6 +28,10 @@ impl Layer for Flatten {
         &self.name
     }
 
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         if input.len() < 2 || input[0] == 0 {
             return Err(Error::shape(&self.name, "[N, ...] with N > 0", input));

@@ -2,7 +2,10 @@
 
 use ndarray::{ArrayView1, ArrayView2};
 
-use super::{Layer, Param, StateMut, check_grad, check_shape};
+use super::{
+    Layer, Layout, Param, ParamMut, ParamRef, State, StateMut, check_direction, check_grad,
+    check_shape, explicit_tangent,
+};
 use crate::error::{Error, Result};
 use crate::init::{Rng, default_bound, uniform};
 use crate::kernels::gemm::gemm;
@@ -26,7 +29,8 @@ pub struct LinearConfig {
     pub d_out: usize,
     /// Whether the layer has a bias (default `true`).
     pub bias: bool,
-    /// The layer's name (default `linear`).
+    /// The layer's name (default: none, and [`Model::new`](crate::model::Model::new) names
+    /// the layer by its position).
     pub name: String,
 }
 
@@ -37,17 +41,19 @@ impl LinearConfig {
             d_in,
             d_out,
             bias: true,
-            name: "linear".into(),
+            name: String::new(),
         }
     }
 
     /// Sets whether the layer has a bias.
+    #[must_use]
     pub fn with_bias(mut self, bias: bool) -> Self {
         self.bias = bias;
         self
     }
 
     /// Sets the layer's name.
+    #[must_use]
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
@@ -61,7 +67,12 @@ impl LinearConfig {
     pub fn init(&self, rng: &mut Rng) -> Result<Linear> {
         for (field, v) in [("d_in", self.d_in), ("d_out", self.d_out)] {
             if v == 0 {
-                return Err(Error::config(&self.name, field, "must be positive"));
+                let label = if self.name.is_empty() {
+                    "Linear"
+                } else {
+                    &self.name
+                };
+                return Err(Error::config(label, field, "must be positive"));
             }
         }
         let bound = default_bound(self.d_in);
@@ -82,29 +93,27 @@ impl LinearConfig {
 
 /// `y = x Wᵀ + b` on `[N, d_in]` inputs.
 ///
-/// The weight is kept as `Wᵀ`, `[d_in, d_out]` (as burn's `Linear` keeps it), so that the
-/// forward product `x Wᵀ` reads it row by row: matrixmultiply packs the other layout for that
-/// product one value at a time, which cost a quarter of the product at FC-2's sizes. Every
-/// boundary that promises PyTorch's layout sees `[d_out, d_in]`:
-/// [`visit_state`](Layer::visit_state) (checkpoints, `state_dict` names, tests) hands out a
-/// transposed copy and stores back what the visitor leaves in it, while
-/// [`visit_params`](Layer::visit_params) (the optimizers, once per step) hands out the
-/// parameter itself.
+/// Every public view of the weight is PyTorch's `[d_out, d_in]`
+/// ([`weight`](Self::weight), [`set_weight`](Self::set_weight), the state visitors,
+/// checkpoints). Inside, the layer keeps `Wᵀ`, `[d_in, d_out]` (as burn's `Linear` does), so
+/// that the forward product `x Wᵀ` reads it row by row: matrixmultiply packs the other
+/// layout for that product one value at a time. The optimizers, being elementwise, step on
+/// the stored layout without a copy ([`ParamMut::storage_mut`]).
 ///
 /// ```
-/// use fdfa::layers::{Layer, LinearConfig, StateMut};
+/// use fdfa::layers::{Layer, LinearConfig, State};
+/// use fdfa::Tensor;
 /// let mut fc = LinearConfig::new(3, 2).with_name("fc").init(&mut fdfa::init::rng(0))?;
-/// assert_eq!(fc.weight.value.shape(), &[3, 2]);
+/// assert_eq!(fc.weight().shape(), &[2, 3]);
 /// let mut torch = Vec::new();
 /// fc.visit_state(&mut |name, state| {
-///     if let StateMut::Param(p) = state {
-///         torch.push((name.to_string(), p.value.shape().to_vec(), p.value.data().to_vec()));
+///     if let State::Param(p) = state {
+///         torch.push((name.to_string(), p.shape()));
 ///     }
 /// });
-/// assert_eq!(torch[0].0, "weight");
-/// assert_eq!(torch[0].1, vec![2, 3]);
-/// // W[o][i] in PyTorch's layout is Wᵀ[i][o] here.
-/// assert_eq!(torch[0].2[1 * 3 + 2], fc.weight.value.data()[2 * 2 + 1]);
+/// assert_eq!(torch, vec![("weight".to_string(), vec![2, 3]), ("bias".to_string(), vec![2])]);
+/// // A weight of another shape is refused, not stored.
+/// assert!(fc.set_weight(&Tensor::zeros(&[3, 2])).is_err());
 /// # Ok::<(), fdfa::Error>(())
 /// ```
 #[derive(Clone, Debug)]
@@ -112,41 +121,15 @@ pub struct Linear {
     name: String,
     d_in: usize,
     d_out: usize,
-    /// `Wᵀ`, `[d_in, d_out]`; its gradient and tangent share that layout.
-    pub weight: Param,
+    /// `Wᵀ`, `[d_in, d_out]`; its gradient shares that layout.
+    weight: Param,
     /// `[d_out]`, if the layer has a bias.
-    pub bias: Option<Param>,
+    bias: Option<Param>,
 }
 
 impl Linear {
     fn check(&self, shape: &[usize]) -> Result<()> {
-        check_shape(&self.name, shape, &[None, Some(self.d_in)])?;
-        // The weight is public and `visit_state` stores back what a visitor leaves.
-        let tangent = self.weight.tangent.as_ref().map(Tensor::shape);
-        for (what, got) in [
-            ("weight", Some(self.weight.value.shape())),
-            ("weight tangent", tangent),
-        ] {
-            if let Some(got) = got.filter(|got| *got != [self.d_in, self.d_out]) {
-                return Err(Error::shape(
-                    &format!("{}.{what} (stored as Wᵀ)", self.name),
-                    format!("[{}, {}]", self.d_in, self.d_out),
-                    got,
-                ));
-            }
-        }
-        let bias = self
-            .bias
-            .iter()
-            .flat_map(|b| [Some(&b.value), b.tangent.as_ref()]);
-        match bias.flatten().find(|b| b.shape() != [self.d_out]) {
-            Some(b) => Err(Error::shape(
-                &format!("{}.bias", self.name),
-                format!("[{}]", self.d_out),
-                b.shape(),
-            )),
-            None => Ok(()),
-        }
+        check_shape(&self.name, shape, &[None, Some(self.d_in)])
     }
 
     /// Input features.
@@ -159,31 +142,79 @@ impl Linear {
         self.d_out
     }
 
-    /// `y <- x Wᵀ + b` (the bias only when `with_bias`).
+    /// The weight in PyTorch's layout, `[d_out, d_in]` (a transposed copy).
+    pub fn weight(&self) -> Tensor {
+        self.weight.value.transposed()
+    }
+
+    /// The bias, `[d_out]`, if the layer has one.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref().map(|b| &b.value)
+    }
+
+    /// Sets the weight from PyTorch's layout, `[d_out, d_in]`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for any other shape.
+    pub fn set_weight(&mut self, weight: &Tensor) -> Result<()> {
+        ParamMut::stored(&mut self.weight, Layout::Transposed)
+            .set_value(weight)
+            .map_err(|_| {
+                Error::shape(
+                    &format!("{}.weight", self.name),
+                    format!("[{}, {}]", self.d_out, self.d_in),
+                    weight.shape(),
+                )
+            })
+    }
+
+    /// Sets the bias.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a shape other than `[d_out]`; [`Error::InvalidConfig`] when the
+    /// layer has no bias.
+    pub fn set_bias(&mut self, bias: &Tensor) -> Result<()> {
+        let name = format!("{}.bias", self.name);
+        let Some(b) = &mut self.bias else {
+            return Err(Error::config(&self.name, "bias", "the layer has no bias"));
+        };
+        ParamMut::new(b)
+            .set_value(bias)
+            .map_err(|_| Error::shape(&name, format!("[{}]", self.d_out), bias.shape()))
+    }
+
+    /// `y <- x Wᵀ + b` (the bias only when given), `w` in the stored layout.
     fn affine(
-        &self,
         x: ArrayView2<'_, f32>,
-        weight: &Tensor,
-        bias: Option<&Tensor>,
+        w: ArrayView2<'_, f32>,
+        bias: Option<&[f32]>,
         y: &mut Tensor,
     ) {
         let mut ym = y.matrix_mut();
         let beta = match bias {
             Some(b) => {
                 for mut row in ym.rows_mut() {
-                    row.assign(&ArrayView1::from(b.data()));
+                    row.assign(&ArrayView1::from(b));
                 }
                 1.0
             }
             None => 0.0,
         };
-        gemm(1.0, x, weight.matrix(), beta, ym);
+        gemm(1.0, x, w, beta, ym);
+    }
+
+    fn bias_data(&self) -> Option<&[f32]> {
+        self.bias.as_ref().map(|b| b.value.data())
     }
 }
 
 impl Layer for Linear {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
@@ -195,48 +226,18 @@ impl Layer for Linear {
         let x = input.primal();
         self.check(x.shape())?;
         let n = x.batch();
-        let k_in = input.directions();
-        let param_tangent = self.weight.tangent.is_some()
-            || self.bias.as_ref().is_some_and(|b| b.tangent.is_some());
-        let k = if param_tangent { k_in.max(1) } else { k_in };
-        output.resize(&[n, self.d_out], k);
+        output.resize(&[n, self.d_out], input.directions());
         let (y, dy) = output.parts_mut();
-        self.affine(
-            x.matrix(),
-            &self.weight.value,
-            self.bias.as_ref().map(|b| &b.value),
-            y,
-        );
-        let Some(dy) = dy else { return Ok(()) };
-        // d(y) = d(x) Wᵀ + x d(W)ᵀ + d(b), the product rule of the affine map.
-        match input.tangent() {
-            Some(dx) => gemm(
+        Self::affine(x.matrix(), self.weight.value.matrix(), self.bias_data(), y);
+        // The map is affine in its input: the JVP is the same product, bias-free.
+        if let (Some(dy), Some(dx)) = (dy, input.tangent()) {
+            gemm(
                 1.0,
                 dx.matrix(),
                 self.weight.value.matrix(),
                 0.0,
                 dy.matrix_mut(),
-            ),
-            None => dy.fill(0.0),
-        }
-        if param_tangent {
-            let zero_w;
-            let dw = match &self.weight.tangent {
-                Some(t) => t,
-                None => {
-                    zero_w = Tensor::zeros(self.weight.value.shape());
-                    &zero_w
-                }
-            };
-            let db = self.bias.as_ref().and_then(|b| b.tangent.as_ref());
-            let mut scratch = Tensor::zeros(&[n, self.d_out]);
-            self.affine(x.matrix(), dw, db, &mut scratch);
-            for block in dy.data_mut().chunks_mut(n * self.d_out) {
-                block
-                    .iter_mut()
-                    .zip(scratch.data())
-                    .for_each(|(a, b)| *a += b);
-            }
+            );
         }
         Ok(())
     }
@@ -244,10 +245,10 @@ impl Layer for Linear {
     fn infer(&self, input: &Tensor, output: &mut Tensor) -> Result<()> {
         self.check(input.shape())?;
         output.resize(&[input.batch(), self.d_out]);
-        self.affine(
+        Self::affine(
             input.matrix(),
-            &self.weight.value,
-            self.bias.as_ref().map(|b| &b.value),
+            self.weight.value.matrix(),
+            self.bias_data(),
             output,
         );
         Ok(())
@@ -282,37 +283,41 @@ impl Layer for Linear {
         Ok(())
     }
 
-    fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
-        // A visitor that leaves a tensor of another rank gets it back as it left it, and the
-        // next forward reports the shape.
-        let mut torch = Param {
-            value: self.weight.value.transposed(),
-            grad: self.weight.grad.transposed(),
-            tangent: self.weight.tangent.as_ref().map(Tensor::transposed),
-        };
-        f("weight", StateMut::Param(&mut torch));
-        self.weight = Param {
-            value: torch.value.transposed(),
-            grad: torch.grad.transposed(),
-            tangent: torch.tangent.as_ref().map(Tensor::transposed),
-        };
-        if let Some(b) = &mut self.bias {
-            f("bias", StateMut::Param(b));
+    fn visit_state(&self, f: &mut dyn FnMut(&str, State<'_>)) {
+        f(
+            "weight",
+            State::Param(ParamRef::stored(&self.weight, Layout::Transposed)),
+        );
+        if let Some(b) = &self.bias {
+            f("bias", State::Param(ParamRef::new(b)));
         }
     }
 
-    fn visit_stored_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>, bool)) {
-        f("weight", StateMut::Param(&mut self.weight), true);
+    fn visit_state_mut(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        f(
+            "weight",
+            StateMut::Param(ParamMut::stored(&mut self.weight, Layout::Transposed)),
+        );
         if let Some(b) = &mut self.bias {
-            f("bias", StateMut::Param(b), false);
+            f("bias", StateMut::Param(ParamMut::new(b)));
         }
     }
 
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        f("weight", &mut self.weight);
-        if let Some(b) = &mut self.bias {
-            f("bias", b);
+    fn add_param_jvp(&self, input: &Tensor, v: &[&[f32]], output: &mut Dual) -> Result<()> {
+        let mut lens = vec![self.weight.value.len()];
+        lens.extend(self.bias.as_ref().map(|b| b.value.len()));
+        check_direction(&self.name, v, &lens)?;
+        self.check(input.shape())?;
+        let dw = ArrayView2::from_shape((self.d_in, self.d_out), v[0])
+            .unwrap_or_else(|_| unreachable!("length checked"));
+        // Affine in (W, b): the JVP along (dW, db) is the layer itself with (dW, db).
+        let mut extra = Tensor::zeros(&[input.batch(), self.d_out]);
+        Self::affine(input.matrix(), dw, v.get(1).copied(), &mut extra);
+        let (dy, block) = explicit_tangent(output);
+        for t in dy.data_mut().chunks_mut(block) {
+            t.iter_mut().zip(extra.data()).for_each(|(a, b)| *a += b);
         }
+        Ok(())
     }
 
     fn flops_per_sample(&self, _input: &[usize]) -> usize {

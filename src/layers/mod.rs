@@ -20,43 +20,296 @@ pub use linear::{Linear, LinearConfig};
 pub use pool::{AdaptiveAvgPool2d, MaxPool2d};
 pub use relu::Relu;
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 
 use crate::error::{Error, Result};
-use crate::tensor::{Dual, Tensor};
+use crate::tensor::{Dual, Tensor, transpose_into};
 
-/// A trainable tensor: its value, the gradient set by the last backward pass and, for
-/// weight-perturbation forward gradients, an optional tangent.
+/// A trainable tensor: its value and the gradient set by the last backward pass, in the same
+/// layout.
+///
+/// Layers keep theirs private and hand them out through [`ParamRef`] and [`ParamMut`]; a
+/// `Param` of one's own (a rule's feedback matrix, a custom [`Parameters`] collection) is in
+/// PyTorch's layout.
+///
+/// [`Parameters`]: crate::optim::Parameters
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Param {
     /// The current value.
     pub value: Tensor,
     /// The gradient computed by the last backward pass (same shape as `value`).
     pub grad: Tensor,
-    /// A direction in parameter space whose JVP the training forward adds to the output
-    /// tangent (`d(y) = d(x) Wᵀ + x d(W)ᵀ`). `None` for the usual activity tangents only.
-    pub tangent: Option<Tensor>,
 }
 
 impl Param {
-    /// A parameter with a zero gradient and no tangent.
+    /// A parameter with a zero gradient.
     pub fn new(value: Tensor) -> Self {
         let grad = Tensor::zeros(value.shape());
-        Self {
-            value,
-            grad,
-            tangent: None,
+        Self { value, grad }
+    }
+}
+
+/// How a layer stores a parameter relative to PyTorch's layout: the layer's private business,
+/// carried by the views so that every public read and write is in PyTorch's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// PyTorch's layout.
+    Torch,
+    /// The transpose of PyTorch's 2-D layout (a [`Linear`] weight, `[in, out]`).
+    Transposed,
+}
+
+impl Layout {
+    /// `stored` (in this layout) in PyTorch's layout; borrowed when no conversion is needed.
+    pub(crate) fn torch_view(self, stored: &Tensor) -> Cow<'_, Tensor> {
+        match self {
+            Self::Torch => Cow::Borrowed(stored),
+            Self::Transposed => Cow::Owned(stored.transposed()),
+        }
+    }
+
+    /// The PyTorch shape of a tensor stored as `stored`.
+    pub(crate) fn torch_shape(self, stored: &[usize]) -> Vec<usize> {
+        match self {
+            Self::Torch => stored.to_vec(),
+            Self::Transposed => stored.iter().rev().copied().collect(),
+        }
+    }
+
+    /// Writes `torch` (PyTorch's layout, shape checked by the caller) into `stored`, whose
+    /// shape is kept.
+    pub(crate) fn store(self, torch: &[f32], stored: &mut Tensor) {
+        match self {
+            Self::Torch => stored.data_mut().copy_from_slice(torch),
+            Self::Transposed => {
+                // Stored `[rows, cols]`; PyTorch's `[cols, rows]`.
+                let (rows, cols) = (stored.batch(), stored.row_len());
+                transpose_into(torch, cols, rows, stored.data_mut());
+            }
+        }
+    }
+
+    /// `torch` (PyTorch's layout) as a new tensor in this layout.
+    pub(crate) fn stored_from_torch(self, torch: &Tensor) -> Tensor {
+        match self {
+            Self::Torch => torch.clone(),
+            Self::Transposed => torch.transposed(),
         }
     }
 }
 
-/// One named piece of a layer's state, as a visitor sees it.
+/// A read-only view of a trainable parameter, as [`Layer::visit_state`] hands it out: every
+/// tensor it shows is in PyTorch's layout (a [`Linear`] weight is `[out, in]`), whatever
+/// layout the layer computes with.
+#[derive(Clone, Copy, Debug)]
+pub struct ParamRef<'a> {
+    param: &'a Param,
+    layout: Layout,
+}
+
+impl<'a> ParamRef<'a> {
+    /// A view of a parameter kept in PyTorch's layout.
+    pub fn new(param: &'a Param) -> Self {
+        Self {
+            param,
+            layout: Layout::Torch,
+        }
+    }
+
+    pub(crate) fn stored(param: &'a Param, layout: Layout) -> Self {
+        Self { param, layout }
+    }
+
+    /// The shape in PyTorch's layout.
+    pub fn shape(&self) -> Vec<usize> {
+        self.layout.torch_shape(self.param.value.shape())
+    }
+
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        self.param.value.len()
+    }
+
+    /// Whether the parameter holds no value.
+    pub fn is_empty(&self) -> bool {
+        self.param.value.is_empty()
+    }
+
+    /// The value in PyTorch's layout (borrowed unless the layer stores another layout).
+    pub fn value(&self) -> Cow<'a, Tensor> {
+        self.layout.torch_view(&self.param.value)
+    }
+
+    /// The gradient of the last backward pass in PyTorch's layout.
+    pub fn grad(&self) -> Cow<'a, Tensor> {
+        self.layout.torch_view(&self.param.grad)
+    }
+
+    /// The value and the gradient as flat slices in the order the layer stores them: the
+    /// same order for both and for every call, so that elementwise consumers (norms, dot
+    /// products between two models' gradients) need no copy.
+    pub fn storage(&self) -> (&'a [f32], &'a [f32]) {
+        (self.param.value.data(), self.param.grad.data())
+    }
+
+    /// `stored`, a tensor kept beside this parameter in its storage order (an optimizer's
+    /// moment), in PyTorch's layout.
+    pub(crate) fn torch_view<'t>(&self, stored: &'t Tensor) -> Cow<'t, Tensor> {
+        self.layout.torch_view(stored)
+    }
+
+    /// `torch` (PyTorch's layout) in this parameter's storage layout.
+    pub(crate) fn stored_from_torch(&self, torch: &Tensor) -> Tensor {
+        self.layout.stored_from_torch(torch)
+    }
+
+    /// The shape the layer stores the parameter in.
+    pub(crate) fn stored_shape(&self) -> &'a [usize] {
+        self.param.value.shape()
+    }
+}
+
+/// A mutable view of a trainable parameter, as [`Layer::visit_state_mut`] hands it out:
+/// reads and writes are in PyTorch's layout and checked against the parameter's shape, so
+/// that no visitor can leave a layer in a state it cannot compute with.
+#[derive(Debug)]
+pub struct ParamMut<'a> {
+    param: &'a mut Param,
+    layout: Layout,
+}
+
+impl<'a> ParamMut<'a> {
+    /// A view of a parameter kept in PyTorch's layout (for a [`Parameters`] collection of
+    /// one's own).
+    ///
+    /// [`Parameters`]: crate::optim::Parameters
+    pub fn new(param: &'a mut Param) -> Self {
+        Self {
+            param,
+            layout: Layout::Torch,
+        }
+    }
+
+    pub(crate) fn stored(param: &'a mut Param, layout: Layout) -> Self {
+        Self { param, layout }
+    }
+
+    /// The read-only view.
+    pub fn view(&self) -> ParamRef<'_> {
+        ParamRef::stored(self.param, self.layout)
+    }
+
+    /// The shape in PyTorch's layout.
+    pub fn shape(&self) -> Vec<usize> {
+        self.view().shape()
+    }
+
+    /// The value in PyTorch's layout.
+    pub fn value(&self) -> Cow<'_, Tensor> {
+        self.layout.torch_view(&self.param.value)
+    }
+
+    /// The gradient in PyTorch's layout.
+    pub fn grad(&self) -> Cow<'_, Tensor> {
+        self.layout.torch_view(&self.param.grad)
+    }
+
+    fn check(&self, what: &str, t: &Tensor) -> Result<()> {
+        let want = self.shape();
+        if t.shape() == want {
+            Ok(())
+        } else {
+            Err(Error::shape(what, format!("{want:?}"), t.shape()))
+        }
+    }
+
+    /// Sets the value from a tensor in PyTorch's layout.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `value` does not have the parameter's shape.
+    pub fn set_value(&mut self, value: &Tensor) -> Result<()> {
+        self.check("parameter value", value)?;
+        self.layout.store(value.data(), &mut self.param.value);
+        Ok(())
+    }
+
+    /// Sets the gradient from a tensor in PyTorch's layout.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `grad` does not have the parameter's shape.
+    pub fn set_grad(&mut self, grad: &Tensor) -> Result<()> {
+        self.check("parameter gradient", grad)?;
+        let shape = self.param.value.shape().to_vec();
+        self.param.grad.resize(&shape);
+        self.layout.store(grad.data(), &mut self.param.grad);
+        Ok(())
+    }
+
+    /// The value and the gradient as flat slices in the order the layer stores them (see
+    /// [`ParamRef::storage`]): the optimizers' copy-free per-step path. A layer's gradient
+    /// is sized like its value (zeros before the first backward pass); a [`Param`] of one's
+    /// own must keep it so, or an optimizer reports the mismatch.
+    pub fn storage_mut(&mut self) -> (&mut [f32], &mut [f32]) {
+        let p = &mut *self.param;
+        (p.value.data_mut(), p.grad.data_mut())
+    }
+}
+
+/// A mutable view of a buffer: its values can change, its shape cannot.
+#[derive(Debug)]
+pub struct BufferMut<'a>(&'a mut Tensor);
+
+impl<'a> BufferMut<'a> {
+    pub(crate) fn new(t: &'a mut Tensor) -> Self {
+        Self(t)
+    }
+
+    /// The buffer.
+    pub fn get(&self) -> &Tensor {
+        self.0
+    }
+
+    /// The buffer's values, to change in place.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        self.0.data_mut()
+    }
+
+    /// Sets the buffer.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `value` does not have the buffer's shape.
+    pub fn set(&mut self, value: &Tensor) -> Result<()> {
+        if value.shape() != self.0.shape() {
+            return Err(Error::shape(
+                "buffer",
+                format!("{:?}", self.0.shape()),
+                value.shape(),
+            ));
+        }
+        self.0.data_mut().copy_from_slice(value.data());
+        Ok(())
+    }
+}
+
+/// One named piece of a layer's state, read-only ([`Layer::visit_state`]).
+#[derive(Debug)]
+pub enum State<'a> {
+    /// A trainable parameter (`weight`, `bias`).
+    Param(ParamRef<'a>),
+    /// A non-trainable buffer (`running_mean`, `running_var`).
+    Buffer(&'a Tensor),
+    /// An integer counter (`num_batches_tracked`).
+    Counter(u64),
+}
+
+/// One named piece of a layer's state, mutable ([`Layer::visit_state_mut`]).
 #[derive(Debug)]
 pub enum StateMut<'a> {
     /// A trainable parameter (`weight`, `bias`).
-    Param(&'a mut Param),
+    Param(ParamMut<'a>),
     /// A non-trainable buffer (`running_mean`, `running_var`).
-    Buffer(&'a mut Tensor),
+    Buffer(BufferMut<'a>),
     /// An integer counter (`num_batches_tracked`).
     Counter(&'a mut u64),
 }
@@ -66,8 +319,16 @@ pub enum StateMut<'a> {
 /// Shapes include the batch axis. Implementations check their input's shape on entry and
 /// return [`Error::Shape`] naming the layer; past that point they may assume it.
 pub trait Layer: Send + Sync + Debug {
-    /// The layer's name, e.g. `fc_hidden.0`; used in errors and in parameter paths.
+    /// The layer's name, e.g. `fc_hidden.0`; used in errors and in parameter paths. Empty
+    /// for a layer the user did not name: [`Model::new`](crate::model::Model::new) then names
+    /// it by its position.
     fn name(&self) -> &str;
+
+    /// Sets the name; [`Model::new`](crate::model::Model::new) calls it on every unnamed
+    /// layer with its position, `<block>.<layer>` (PyTorch's path in a sequence of
+    /// sequences). A layer that keeps no name may ignore it, but then its state must be
+    /// named apart by hand.
+    fn set_name(&mut self, _name: &str) {}
 
     /// The output shape for an input shape.
     ///
@@ -104,31 +365,45 @@ pub trait Layer: Send + Sync + Debug {
     ) -> Result<()>;
 
     /// Visits the layer's state under PyTorch `state_dict` suffixes (`weight`, `bias`,
-    /// `running_mean`, `running_var`, `num_batches_tracked`). Stateless layers visit nothing.
-    fn visit_state(&mut self, _f: &mut dyn FnMut(&str, StateMut<'_>)) {}
+    /// `running_mean`, `running_var`, `num_batches_tracked`), in a fixed order. Stateless
+    /// layers visit nothing.
+    ///
+    /// This and [`visit_state_mut`](Self::visit_state_mut) are one visitor in its shared
+    /// and its exclusive flavour: the same entries, names and order. Both exist because
+    /// saving needs only `&self` (a model can be saved while it serves inference) while
+    /// loading and optimizing need `&mut self`, and Rust cannot hand out `&mut` from `&self`.
+    /// Parameters come as views that show PyTorch's layout whatever layout the layer
+    /// computes with.
+    fn visit_state(&self, _f: &mut dyn FnMut(&str, State<'_>)) {}
 
-    /// Visits the layer's trainable parameters under the same suffixes, in the layout the
-    /// layer computes with: the optimizers' per-step path. The default visits the parameters
-    /// [`visit_state`](Self::visit_state) visits, which is right for every layer that keeps
-    /// PyTorch's layout; a layer that does not (such as [`Linear`]) overrides both.
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        self.visit_state(&mut |name, state| {
-            if let StateMut::Param(p) = state {
-                f(name, p);
-            }
-        });
-    }
+    /// The exclusive flavour of [`visit_state`](Self::visit_state): the same entries, whose
+    /// views check every write.
+    fn visit_state_mut(&mut self, _f: &mut dyn FnMut(&str, StateMut<'_>)) {}
 
-    /// Visits the same state as [`visit_state`](Self::visit_state), in the layout the layer
-    /// stores it, without copies; the flag is set for a tensor stored as the transpose of its
-    /// 2-D PyTorch layout, which is also the layout [`visit_params`](Self::visit_params)
-    /// hands out and anything kept beside it (an optimizer's moments) must be transposed
-    /// from on its way to a file. For consumers that transpose only what they need (a
-    /// checkpoint writes each weight once) or need no layout at all (saving and restoring
-    /// gradients). The default is `visit_state` with the flag clear; a layer that overrides
-    /// `visit_params` for its layout overrides this too.
-    fn visit_stored_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>, bool)) {
-        self.visit_state(&mut |suffix, state| f(suffix, state, false));
+    /// Adds to the tangents of `output` (the result of the last training
+    /// [`forward`](Self::forward) of `input`) the JVP along a direction `v` in the layer's
+    /// parameter space: `d(y) += J_theta(x) v`, the same for every tangent block. `v` holds
+    /// one flat slice per parameter, in visiting order and in the order of
+    /// [`ParamMut::storage_mut`]. A structural-zero tangent becomes one explicit tangent.
+    ///
+    /// Every layer of the crate with parameters is affine in them, so it does this with its
+    /// own primal kernel, the direction in place of the parameters. The default does nothing
+    /// for a layer without parameters and refuses a direction for one with parameters (a
+    /// silently missing term would bias the estimate).
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `v` does not hold one slice per parameter of the right length;
+    /// [`Error::InvalidConfig`] from the default for a layer with parameters.
+    fn add_param_jvp(&self, _input: &Tensor, v: &[&[f32]], _output: &mut Dual) -> Result<()> {
+        if v.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::config(
+                self.name(),
+                "add_param_jvp",
+                "the layer has parameters but does not implement their JVP",
+            ))
+        }
     }
 
     /// Multiply-adds of one training forward for one sample (primal only), for throughput
@@ -178,4 +453,30 @@ pub(crate) fn check_grad(layer: &str, output: &Tensor, grad_output: &Tensor) -> 
             grad_output.shape(),
         ))
     }
+}
+
+/// Checks that `v` holds slices of `lens` values, one per parameter, for
+/// [`Layer::add_param_jvp`].
+pub(crate) fn check_direction(layer: &str, v: &[&[f32]], lens: &[usize]) -> Result<()> {
+    let got: Vec<usize> = v.iter().map(|s| s.len()).collect();
+    if got == lens {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            &format!("{layer} (parameter direction)"),
+            format!("slices of {lens:?} values"),
+            &got,
+        ))
+    }
+}
+
+/// Makes `output`'s tangent explicit (zeros when it was the structural zero) and returns it
+/// with the number of values of one tangent block.
+pub(crate) fn explicit_tangent(output: &mut Dual) -> (&mut Tensor, usize) {
+    output.ensure_tangent(1);
+    let block = output.primal().len();
+    let t = output
+        .tangent_mut()
+        .unwrap_or_else(|| unreachable!("ensure_tangent made it explicit"));
+    (t, block)
 }

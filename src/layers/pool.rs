@@ -170,6 +170,10 @@ impl Layer for MaxPool2d {
         &self.name
     }
 
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         let (c, _, _, oh, ow) = self.dims(input)?;
         Ok(vec![input[0], c, oh, ow])
@@ -317,6 +321,10 @@ impl AdaptiveAvgPool2d {
 impl Layer for AdaptiveAvgPool2d {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
     }
 
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {

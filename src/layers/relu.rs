@@ -34,6 +34,10 @@ impl Layer for Relu {
         &self.name
     }
 
+    fn set_name(&mut self, name: &str) {
+        self.name = name.to_string();
+    }
+
     fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
         if input.first().is_none_or(|&n| n == 0) {
             return Err(Error::shape(&self.name, "[N, ...] with N > 0", input));

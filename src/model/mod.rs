@@ -4,10 +4,20 @@
 //! its output `h_l` is where feedback-alignment rules deliver their signal `g_l`. The last
 //! block is the output layer producing the logits.
 //!
-//! The model gives rules building blocks, not policies: a training forward with a hook at
-//! each feedback point ([`Model::forward`]), the feedback points' activations
-//! ([`Model::hidden`]), a block-local backward from a signal ([`Model::backward_block`]) and
-//! the full backward of backpropagation ([`Model::backward`]).
+//! The model gives rules building blocks, not policies, each with one contract:
+//!
+//! - a training forward with a hook at each feedback point ([`Model::forward`]), and its
+//!   variant whose tangent is the JVP along a direction in parameter space
+//!   ([`Model::forward_param_jvp`]);
+//! - the feedback points' activations ([`Model::hidden`]) and the logits ([`Model::output`]);
+//! - block-local backward: one block from the gradient of its output, optionally returning
+//!   the gradient of its input ([`Model::backward_block`]), or every block at once, each
+//!   from its own signal, in parallel ([`Model::backward_local`]);
+//! - the full backward of backpropagation ([`Model::backward`]);
+//! - the state of one block ([`Model::visit_block_state`], [`Model::visit_block_state_mut`])
+//!   or of the whole model ([`Model::visit_state`], [`Model::visit_state_mut`]).
+//!
+//! Block `l < L` ends in feedback point `l`; block `L` is the output block.
 
 mod sequential;
 mod zoo;
@@ -16,7 +26,7 @@ pub use sequential::Sequential;
 pub use zoo::{alexnet_bn, fc, shallow_cnn};
 
 use crate::error::{Error, Result};
-use crate::layers::{Layer, Param, StateMut};
+use crate::layers::{Layer, ParamMut, State, StateMut};
 use crate::tensor::{Dual, Tensor};
 use rayon::prelude::*;
 
@@ -105,24 +115,97 @@ pub struct Model {
     logits: Tensor,
     /// Per block, the first layer with parameters: a block-local backward stops there.
     first_param: Vec<Option<usize>>,
+    /// Per block and layer, the number of trainable parameters.
+    param_counts: Vec<Vec<usize>>,
 }
 
-/// Whether a layer has trainable parameters.
-fn has_params(layer: &mut dyn Layer) -> bool {
-    let mut any = false;
-    layer.visit_params(&mut |_, _| any = true);
-    any
+/// Names every unnamed layer by its position and checks that the names of the layers with
+/// state and of the feedback points are unique (they become the `state_dict` paths).
+fn name_layers(blocks: &mut [Block]) -> Result<()> {
+    let mut layers = std::collections::HashMap::new();
+    let mut points = std::collections::HashMap::new();
+    for (b, block) in blocks.iter_mut().enumerate() {
+        for (j, layer) in block.layers.iter_mut().enumerate() {
+            if layer.name().is_empty() {
+                layer.set_name(&format!("{b}.{j}"));
+            }
+            let name = layer.name().to_string();
+            let mut stateful = false;
+            layer.visit_state(&mut |_, _| stateful = true);
+            // Only state is saved under the layer's name; a stateless layer's name is for
+            // its errors alone.
+            if name.is_empty() || !stateful {
+                continue;
+            }
+            if let Some((b0, j0)) = layers.insert(name.clone(), (b, j)) {
+                return Err(Error::config(
+                    "model",
+                    "names",
+                    format!(
+                        "layers {b0}.{j0} and {b}.{j} are both named `{name}`; parameter paths must be unique"
+                    ),
+                ));
+            }
+        }
+        if let Some(point) = &block.feedback
+            && let Some(b0) = points.insert(point.clone(), b)
+        {
+            return Err(Error::config(
+                "model",
+                "names",
+                format!("the feedback points of blocks {b0} and {b} are both named `{point}`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The number of trainable parameters of a layer.
+fn param_count(layer: &dyn Layer) -> usize {
+    let mut count = 0;
+    layer.visit_state(&mut |_, s| count += usize::from(matches!(s, State::Param(_))));
+    count
 }
 
 impl Model {
     /// Assembles blocks into a model taking samples of `input_shape` (without the batch
     /// axis), checking the whole chain once.
     ///
+    /// Every layer without a name is named by its position, `<block>.<layer>` (its
+    /// parameters are then `0.1.weight`, as in PyTorch's nested `nn.Sequential`); names the
+    /// user gave are kept, and those of layers with state must be unique, as must the
+    /// feedback points' names.
+    ///
+    /// ```
+    /// use fdfa::layers::{LinearConfig, Relu};
+    /// use fdfa::model::{Block, Model};
+    /// let mut rng = fdfa::init::rng(0);
+    /// let blocks = |second: &str, rng: &mut fdfa::init::Rng| -> fdfa::Result<Vec<Block>> {
+    ///     Ok(vec![
+    ///         Block::hidden("h", vec![
+    ///             Box::new(LinearConfig::new(4, 8).init(rng)?),
+    ///             Box::new(Relu::new("relu")),
+    ///         ]),
+    ///         Block::output(vec![Box::new(LinearConfig::new(8, 2).with_name(second).init(rng)?)]),
+    ///     ])
+    /// };
+    /// let model = Model::new(&[4], blocks("out", &mut rng)?)?;
+    /// let mut names = Vec::new();
+    /// model.visit_state(&mut |name, _| names.push(name.to_string()));
+    /// assert_eq!(names, ["0.0.weight", "0.0.bias", "out.weight", "out.bias"]);
+    ///
+    /// let err = Model::new(&[4], blocks("0.0", &mut rng)?).unwrap_err();
+    /// assert!(err.to_string().contains("layers 0.0 and 1.0 are both named `0.0`"), "{err}");
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// [`Error::Shape`] when a layer cannot take its predecessor's output;
     /// [`Error::InvalidConfig`] when there are no blocks, a hidden block lacks a feedback
-    /// point, the last block has one, or the output is not `[N, classes]`.
+    /// point, the last block has one, the output is not `[N, classes]`, or two layers with
+    /// state (or two feedback points) have the same name.
     pub fn new(input_shape: &[usize], mut blocks: Vec<Block>) -> Result<Self> {
+        name_layers(&mut blocks)?;
         let Some(last) = blocks.last() else {
             return Err(Error::config(
                 "model",
@@ -177,10 +260,15 @@ impl Model {
             .map(|b| vec![Dual::default(); b.layers.len()])
             .collect();
         let first_param = blocks
-            .iter_mut()
-            .map(|b| b.layers.iter_mut().position(|l| has_params(l.as_mut())))
+            .iter()
+            .map(|b| b.layers.iter().position(|l| param_count(l.as_ref()) > 0))
+            .collect();
+        let param_counts = blocks
+            .iter()
+            .map(|b| b.layers.iter().map(|l| param_count(l.as_ref())).collect())
             .collect();
         Ok(Self {
+            param_counts,
             local: vec![Default::default(); blocks.len()],
             first_param,
             classes: shape[1],
@@ -255,9 +343,41 @@ impl Model {
         x: &Tensor,
         hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
     ) -> Result<&Dual> {
+        self.forward_impl(x, hook, None)
+    }
+
+    /// Training forward of a batch `x` whose tangent is the JVP along a direction `v` in
+    /// parameter space: `v` holds one flat slice per trainable parameter, in the order of
+    /// [`visit_state_mut`](Self::visit_state_mut) and in the order of each parameter's
+    /// [`ParamMut::storage_mut`] (so an elementwise direction, such as a normal draw, needs
+    /// no layout). The tangent reaching the logits is `d(logits) = J_theta v`, one tangent
+    /// per sample; each layer adds its term with [`Layer::add_param_jvp`].
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for a wrong input shape or a direction that does not hold one slice
+    /// of the right length per parameter.
+    pub fn forward_param_jvp(&mut self, x: &Tensor, v: &[&[f32]]) -> Result<&Dual> {
+        let total: usize = self.param_counts.iter().flatten().sum();
+        if v.len() != total {
+            return Err(Error::shape(
+                "parameter direction",
+                format!("{total} slices, one per parameter"),
+                &[v.len()],
+            ));
+        }
+        self.forward_impl(x, &mut |_, _| Ok(()), Some(v))
+    }
+
+    fn forward_impl(
+        &mut self,
+        x: &Tensor,
+        hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
+        direction: Option<&[&[f32]]>,
+    ) -> Result<&Dual> {
         self.check_input(x)?;
         self.input.assign_primal(x);
         let mut point = 0;
+        let mut offset = 0;
         for b in 0..self.blocks.len() {
             let (before, rest) = self.acts.split_at_mut(b);
             let block_acts = &mut rest[0];
@@ -266,10 +386,17 @@ impl Model {
                 None => &self.input,
             };
             let layers = &mut self.blocks[b].layers;
+            let counts = &self.param_counts[b];
             // The hook runs on the caller's thread, so it need not be `Send`.
             crate::parallel::run(|| -> Result<()> {
-                for (layer, out) in layers.iter_mut().zip(block_acts.iter_mut()) {
+                for ((layer, out), &count) in
+                    layers.iter_mut().zip(block_acts.iter_mut()).zip(counts)
+                {
                     layer.forward(prev, out)?;
+                    if let Some(v) = direction {
+                        layer.add_param_jvp(prev.primal(), &v[offset..offset + count], out)?;
+                        offset += count;
+                    }
                     prev = out;
                 }
                 Ok(())
@@ -305,27 +432,42 @@ impl Model {
     /// # Panics
     /// When `l` is not below the number of feedback points.
     pub fn hidden(&self, l: usize) -> &Dual {
-        let b = self.point_block(l);
-        &self.acts[b][self.acts[b].len() - 1]
+        assert!(
+            l < self.points.len(),
+            "feedback point {l} out of range ({})",
+            self.points.len()
+        );
+        // Every hidden block ends in a feedback point, so point `l` ends block `l`.
+        &self.acts[l][self.acts[l].len() - 1]
     }
 
-    /// The block index of feedback point `l`.
-    fn point_block(&self, l: usize) -> usize {
-        self.blocks
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.feedback.is_some())
-            .nth(l)
-            .map(|(i, _)| i)
-            .unwrap_or_else(|| panic!("feedback point {l} out of range ({})", self.points.len()))
-    }
-
-    /// Backward through block `block` alone, from the gradient `grad` of its output: sets the
-    /// gradients of its parameters and returns the gradient of its input when
-    /// `input_grad` is set (a block-local backward passes `false` and skips that work).
+    /// Backward through block `block` alone (feedback point `block`'s, or the output block's
+    /// when `block` is the last), from the gradient `grad` of its output: sets the gradients
+    /// of its parameters and returns the gradient of its input when `input_grad` is set (a
+    /// block-local backward passes `false` and skips that work). Chaining the returned
+    /// gradient from the last block down is backpropagation; stopping on the way reads the
+    /// true gradient at each feedback point.
+    ///
+    /// ```
+    /// use fdfa::model::fc;
+    /// use fdfa::Tensor;
+    /// let mut rng = fdfa::init::rng(0);
+    /// let mut model = fc(&[1, 2, 2], 2, 5, 3, &mut rng)?;
+    /// let x = Tensor::from_vec(&[2, 1, 2, 2], vec![0.1, -0.4, 0.3, 0.9, -0.2, 0.5, 0.7, -0.8])?;
+    /// model.forward(&x, &mut |_, _| Ok(()))?;
+    /// let logits_grad = Tensor::from_vec(&[2, 3], vec![1., 0., 0., 0., 0., 0.])?;
+    /// // The gradient of the logits with respect to h_1, the last feedback point.
+    /// let g1 = model.backward_block(2, &logits_grad, true)?.cloned();
+    /// assert_eq!(g1.map(|g| g.shape().to_vec()), Some(vec![2, 5]));
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
     ///
     /// # Errors
-    /// [`Error::Shape`] when `grad` does not have the shape of the block's output.
+    /// [`Error::Shape`] when `grad` does not have the shape of the block's output;
+    /// [`Error::BackwardBeforeForward`] before any training forward.
+    ///
+    /// # Panics
+    /// When `block` is not below the number of blocks.
     pub fn backward_block(
         &mut self,
         block: usize,
@@ -341,12 +483,7 @@ impl Model {
     /// [`infer`](Self::infer) keeps none).
     fn check_forward_ran(&self) -> Result<()> {
         if self.input.primal().shape().is_empty() {
-            return Err(Error::config(
-                "model",
-                "backward",
-                "no training forward has run: call `forward` first (a backward reads its \
-                 activations)",
-            ));
+            return Err(Error::BackwardBeforeForward);
         }
         Ok(())
     }
@@ -382,8 +519,8 @@ impl Model {
     ///
     /// This is the delivery of DFA, DKP and FDFA. Since no block waits for another's
     /// gradient (there is no backward locking), the blocks run in parallel, each on its own
-    /// scratch; the results are those of calling [`backward_output`](Self::backward_output)
-    /// and [`backward_point`](Self::backward_point) one after the other, to the bit.
+    /// scratch; the results are those of calling [`backward_block`](Self::backward_block)
+    /// on each block one after the other, to the bit.
     ///
     /// ```
     /// use fdfa::{Tensor, model::fc};
@@ -440,29 +577,6 @@ impl Model {
         })
     }
 
-    /// Block-local backward of feedback point `l`'s block from the signal `g_l` (shaped like
-    /// [`hidden(l)`](Self::hidden)); the block's input gradient is not computed.
-    ///
-    /// # Errors
-    /// [`Error::Shape`] when `grad` does not have the shape of `h_l`.
-    ///
-    /// # Panics
-    /// When `l` is not below the number of feedback points.
-    pub fn backward_point(&mut self, l: usize, grad: &Tensor) -> Result<()> {
-        let block = self.point_block(l);
-        self.backward_block(block, grad, false).map(|_| ())
-    }
-
-    /// Backward of the output block from the logits' gradient, sets its parameters' gradients
-    /// (every rule trains the output layer with its true gradient).
-    ///
-    /// # Errors
-    /// [`Error::Shape`] when `logits_grad` is not `[N, classes]` of the last forward.
-    pub fn backward_output(&mut self, logits_grad: &Tensor) -> Result<()> {
-        let block = self.blocks.len() - 1;
-        self.backward_block(block, logits_grad, false).map(|_| ())
-    }
-
     /// Backpropagation through the whole network from the logits' gradient.
     ///
     /// # Errors
@@ -471,55 +585,6 @@ impl Model {
         self.grad_a.assign(logits_grad);
         for b in (0..self.blocks.len()).rev() {
             self.backward_from_a(b, b > 0)?;
-        }
-        Ok(())
-    }
-
-    /// Backpropagation from the logits' gradient down to the first feedback point only,
-    /// calling `hook(l, grad)` with the true gradient of `h_l` (shaped like
-    /// [`hidden(l)`](Self::hidden)) at every feedback point, last point first.
-    ///
-    /// It sets the parameter gradients of every block after the first feedback point, as
-    /// [`backward`](Self::backward) does, and leaves the first block's untouched (nothing
-    /// flows into it). Diagnostics use it to read the Jacobian of the output with respect to
-    /// each `h_l`, one cotangent at a time.
-    ///
-    /// ```
-    /// use fdfa::model::fc;
-    /// use fdfa::Tensor;
-    /// let mut rng = fdfa::init::rng(0);
-    /// let mut model = fc(&[1, 2, 2], 2, 5, 3, &mut rng)?;
-    /// let x = Tensor::from_vec(&[2, 1, 2, 2], vec![0.1, -0.4, 0.3, 0.9, -0.2, 0.5, 0.7, -0.8])?;
-    /// model.forward(&x, &mut |_, _| Ok(()))?;
-    /// let logits_grad = Tensor::from_vec(&[2, 3], vec![1., 0., 0., 0., 0., 0.])?;
-    /// let mut seen = Vec::new();
-    /// model.backward_to_points(&logits_grad, &mut |l, g| {
-    ///     seen.push((l, g.shape().to_vec()));
-    ///     Ok(())
-    /// })?;
-    /// assert_eq!(seen, vec![(1, vec![2, 5]), (0, vec![2, 5])]);
-    /// # Ok::<(), fdfa::Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::Shape`] when `logits_grad` is not `[N, classes]` of the last forward;
-    /// whatever `hook` returns.
-    pub fn backward_to_points(
-        &mut self,
-        logits_grad: &Tensor,
-        hook: &mut dyn FnMut(usize, &Tensor) -> Result<()>,
-    ) -> Result<()> {
-        let Some(first) = self.blocks.iter().position(|b| b.feedback.is_some()) else {
-            return Ok(());
-        };
-        self.grad_a.assign(logits_grad);
-        let mut point = self.points.len();
-        for b in (first + 1..self.blocks.len()).rev() {
-            self.backward_from_a(b, true)?;
-            if self.blocks[b - 1].feedback.is_some() {
-                point -= 1;
-                hook(point, &self.grad_a)?;
-            }
         }
         Ok(())
     }
@@ -564,58 +629,56 @@ impl Model {
     }
 
     /// Visits every piece of state under its PyTorch `state_dict` name
-    /// (`<layer>.<suffix>`), in a fixed order.
-    pub fn visit_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
-        let mut name = String::new();
-        for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
-            let prefix = layer.name().to_string();
-            layer.visit_state(&mut |suffix, state| f(qualified(&mut name, &prefix, suffix), state));
-        }
-    }
-
-    /// Visits what [`visit_state`](Self::visit_state) visits, under the same names and in
-    /// the same order, in the layout each layer stores it (see
-    /// [`Layer::visit_stored_state`]), without copies. The flag tells whether the tensor is
-    /// the transpose of its PyTorch layout (a [`Linear`](crate::layers::Linear) weight).
+    /// (`<layer>.<suffix>`), in a fixed order, in PyTorch's layout (see
+    /// [`Layer::visit_state`] for why there are two flavours of this one visitor).
     ///
     /// ```
-    /// use fdfa::layers::StateMut;
-    /// let mut model = fdfa::model::fc(&[1, 2, 2], 1, 5, 3, &mut fdfa::init::rng(0))?;
-    /// let mut stored = Vec::new();
-    /// model.visit_stored_state(&mut |name, state, transposed| {
-    ///     if let StateMut::Param(p) = state {
-    ///         stored.push((name.to_string(), p.value.shape().to_vec(), transposed));
+    /// use fdfa::layers::State;
+    /// let model = fdfa::model::fc(&[1, 2, 2], 1, 5, 3, &mut fdfa::init::rng(0))?;
+    /// let mut params = Vec::new();
+    /// model.visit_state(&mut |name, state| {
+    ///     if let State::Param(p) = state {
+    ///         params.push((name.to_string(), p.shape()));
     ///     }
     /// });
-    /// // PyTorch's `fc_hidden.0.weight` is [5, 4]; the layer keeps it as [4, 5].
-    /// assert_eq!(stored[0], ("fc_hidden.0.weight".to_string(), vec![4, 5], true));
-    /// assert_eq!(stored[1], ("fc_hidden.0.bias".to_string(), vec![5], false));
+    /// assert_eq!(params[0], ("fc_hidden.0.weight".to_string(), vec![5, 4]));
     /// # Ok::<(), fdfa::Error>(())
     /// ```
-    pub fn visit_stored_state(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>, bool)) {
-        let mut name = String::new();
-        for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
-            let prefix = layer.name().to_string();
-            layer.visit_stored_state(&mut |suffix, state, transposed| {
-                f(qualified(&mut name, &prefix, suffix), state, transposed)
-            });
-        }
+    pub fn visit_state(&self, f: &mut dyn FnMut(&str, State<'_>)) {
+        visit_layers(&self.blocks, f);
     }
 
-    /// Visits every trainable parameter, in a fixed order, in the layout its layer computes
-    /// with (see [`Layer::visit_params`]); [`visit_state`](Self::visit_state) shows PyTorch's.
-    pub fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        let mut name = String::new();
-        for layer in self.blocks.iter_mut().flat_map(|b| &mut b.layers) {
-            let prefix = layer.name().to_string();
-            layer.visit_params(&mut |suffix, p| f(qualified(&mut name, &prefix, suffix), p));
-        }
+    /// The exclusive flavour of [`visit_state`](Self::visit_state): the same entries, in the
+    /// same order, as views that check every write.
+    pub fn visit_state_mut(&mut self, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        visit_layers_mut(&mut self.blocks, f);
+    }
+
+    /// [`visit_state`](Self::visit_state) restricted to block `block` (the parameters
+    /// a block-local backward of that block sets).
+    ///
+    /// # Panics
+    /// When `block` is not below the number of blocks.
+    pub fn visit_block_state(&self, block: usize, f: &mut dyn FnMut(&str, State<'_>)) {
+        visit_layers(std::slice::from_ref(&self.blocks[block]), f);
+    }
+
+    /// [`visit_state_mut`](Self::visit_state_mut) restricted to block `block`.
+    ///
+    /// # Panics
+    /// When `block` is not below the number of blocks.
+    pub fn visit_block_state_mut(&mut self, block: usize, f: &mut dyn FnMut(&str, StateMut<'_>)) {
+        visit_layers_mut(std::slice::from_mut(&mut self.blocks[block]), f);
     }
 
     /// The number of trainable scalars.
-    pub fn param_count(&mut self) -> usize {
+    pub fn param_count(&self) -> usize {
         let mut count = 0;
-        self.visit_params(&mut |_, p| count += p.value.len());
+        self.visit_state(&mut |_, s| {
+            if let State::Param(p) = s {
+                count += p.len();
+            }
+        });
         count
     }
 
@@ -632,13 +695,39 @@ impl Model {
     }
 }
 
-/// `<prefix>.<suffix>`, written into `buf`.
-fn qualified<'a>(buf: &'a mut String, prefix: &str, suffix: &str) -> &'a str {
+/// Visits the state of every layer of `blocks` under `<layer>.<suffix>`, built in one buffer:
+/// the optimizer visits every step, and this allocates nothing once the buffer has grown.
+fn visit_layers(blocks: &[Block], f: &mut dyn FnMut(&str, State<'_>)) {
+    let mut name = String::new();
+    for layer in blocks.iter().flat_map(|b| &b.layers) {
+        let base = prefix(&mut name, layer.name());
+        layer.visit_state(&mut |suffix, state| {
+            name.truncate(base);
+            name.push_str(suffix);
+            f(&name, state)
+        });
+    }
+}
+
+/// [`visit_layers`], exclusive.
+fn visit_layers_mut(blocks: &mut [Block], f: &mut dyn FnMut(&str, StateMut<'_>)) {
+    let mut name = String::new();
+    for layer in blocks.iter_mut().flat_map(|b| &mut b.layers) {
+        let base = prefix(&mut name, layer.name());
+        layer.visit_state_mut(&mut |suffix, state| {
+            name.truncate(base);
+            name.push_str(suffix);
+            f(&name, state)
+        });
+    }
+}
+
+/// Writes `<layer>.` into `buf` and returns its length.
+fn prefix(buf: &mut String, layer: &str) -> usize {
     buf.clear();
-    buf.push_str(prefix);
+    buf.push_str(layer);
     buf.push('.');
-    buf.push_str(suffix);
-    buf
+    buf.len()
 }
 
 /// What a backward through one block reads: the block's index, the model's input and every
@@ -687,7 +776,11 @@ impl BlockPass<'_> {
 }
 
 impl crate::optim::Parameters for Model {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        Model::visit_params(self, f);
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+        self.visit_state_mut(&mut |name, state| {
+            if let StateMut::Param(p) = state {
+                f(name, p);
+            }
+        });
     }
 }

@@ -268,7 +268,7 @@ mod tests {
     #[test]
     fn names_follow_positions_and_errors_name_the_step() {
         let mut rng = crate::init::rng(0);
-        let mut model = Sequential::new(&[4])
+        let model = Sequential::new(&[4])
             .linear(3)
             .relu()
             .feedback()

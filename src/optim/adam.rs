@@ -1,11 +1,14 @@
 //! Adam, as `torch.optim.Adam` computes it.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::Parameters;
 use crate::error::{Error, Result};
-use crate::layers::Param;
+use crate::layers::{ParamMut, ParamRef};
 use crate::tensor::Tensor;
 
 /// Values per parallel task of the update.
@@ -38,12 +41,14 @@ impl Default for AdamConfig {
 
 impl AdamConfig {
     /// Sets the learning rate.
+    #[must_use]
     pub fn with_lr(mut self, lr: f32) -> Self {
         self.lr = lr;
         self
     }
 
     /// Sets the weight decay.
+    #[must_use]
     pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
         self.weight_decay = weight_decay;
         self
@@ -81,7 +86,7 @@ impl AdamConfig {
         Ok(Adam {
             config: self,
             step: 0,
-            states: Vec::new(),
+            states: BTreeMap::new(),
         })
     }
 }
@@ -121,39 +126,47 @@ fn update(w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &Constants)
     non_finite == 0
 }
 
-/// The moments of one parameter.
+/// The moments of one parameter, in the order its layer stores it (the optimizer is
+/// elementwise, so it steps on whatever layout the layer keeps; the checkpoint converts to
+/// PyTorch's layout, [`Adam::moments`]).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AdamState {
     /// First moment (the running mean of the gradients).
-    pub exp_avg: Tensor,
+    pub(crate) exp_avg: Tensor,
     /// Second moment (the running mean of the squared gradients).
-    pub exp_avg_sq: Tensor,
+    pub(crate) exp_avg_sq: Tensor,
 }
 
-/// Adam over a [`Parameters`] collection; states are kept in visiting order.
+/// Adam over a [`Parameters`] collection, with state per named tensor.
 ///
 /// ```
-/// use fdfa::layers::Param;
+/// use fdfa::layers::{Param, ParamMut};
 /// use fdfa::optim::{AdamConfig, Parameters};
 /// use fdfa::Tensor;
 ///
 /// struct One(Param);
 /// impl Parameters for One {
-///     fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) { f("w", &mut self.0) }
+///     fn visit_params(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+///         f("w", ParamMut::new(&mut self.0))
+///     }
 /// }
 /// let mut p = One(Param::new(Tensor::from_vec(&[1], vec![1.0])?));
 /// p.0.grad = Tensor::from_vec(&[1], vec![0.5])?;
 /// let mut adam = AdamConfig::default().with_lr(0.1).init()?;
-/// adam.step(&mut p);
+/// adam.step(&mut p)?;
 /// // The first step moves every coordinate by lr, whatever the gradient's scale.
 /// assert!((p.0.value.data()[0] - 0.9).abs() < 1e-6);
+///
+/// p.0.grad = Tensor::from_vec(&[1], vec![f32::NAN])?;
+/// let err = adam.step(&mut p).unwrap_err();
+/// assert_eq!(err.to_string(), "non-finite value in w.grad after an optimizer step");
 /// # Ok::<(), fdfa::Error>(())
 /// ```
 #[derive(Clone, Debug)]
 pub struct Adam {
     config: AdamConfig,
     step: u64,
-    states: Vec<AdamState>,
+    states: BTreeMap<String, AdamState>,
 }
 
 impl Adam {
@@ -177,22 +190,47 @@ impl Adam {
         self.step
     }
 
-    /// The moments, in visiting order (empty before the first step).
-    pub fn states(&self) -> &[AdamState] {
+    /// The names of the tensors that have moments (none before the first step), in name
+    /// order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.states.keys().map(String::as_str)
+    }
+
+    /// The moments `(exp_avg, exp_avg_sq)` of the parameter `name`, viewed as `param`, in
+    /// PyTorch's layout; `None` before its first step.
+    pub fn moments<'a>(
+        &'a self,
+        name: &str,
+        param: &ParamRef<'_>,
+    ) -> Option<(Cow<'a, Tensor>, Cow<'a, Tensor>)> {
+        self.states.get(name).map(|s| {
+            (
+                param.torch_view(&s.exp_avg),
+                param.torch_view(&s.exp_avg_sq),
+            )
+        })
+    }
+
+    pub(crate) fn states(&self) -> &BTreeMap<String, AdamState> {
         &self.states
     }
 
-    /// Restores a saved step count and moments.
-    pub fn restore(&mut self, step: u64, states: Vec<AdamState>) {
+    /// Restores a saved step count and moments (in the parameters' storage layout).
+    pub(crate) fn restore(&mut self, step: u64, states: BTreeMap<String, AdamState>) {
         self.step = step;
         self.states = states;
     }
 
-    /// One update of every parameter from its `grad`.
+    /// One update of every parameter from its gradient. The moments of a parameter are
+    /// found by its name, so the order of the visit does not matter.
     ///
-    /// Returns the name of the first parameter whose gradient or updated value is not finite
-    /// (checked inside the update loop, where it costs next to nothing), `None` when all are.
-    pub fn step(&mut self, params: &mut dyn Parameters) -> Option<String> {
+    /// # Errors
+    /// [`Error::NonFiniteUpdate`] naming the first tensor (in visiting order) whose gradient
+    /// (`<name>.grad`) or updated value is not finite, found inside the update loop where it
+    /// costs next to nothing; the other parameters are still updated.
+    /// [`Error::Shape`] when a gradient is not sized like its parameter, or the moments kept
+    /// under a name do not fit the parameter visited under it.
+    pub fn step(&mut self, params: &mut dyn Parameters) -> Result<()> {
         self.step += 1;
         let (b1, b2) = self.config.betas;
         let t = self.step as i32;
@@ -200,48 +238,79 @@ impl Adam {
         let bias2_sqrt = (1.0 - (b2 as f64).powi(t)).sqrt();
         let step_size = (self.config.lr as f64 / bias1) as f32;
         let (eps, wd) = (self.config.eps, self.config.weight_decay);
-        let bias2_sqrt = bias2_sqrt as f32;
-        let mut i = 0;
-        let mut bad = None;
+        let c = Constants {
+            b1,
+            b2,
+            eps,
+            wd,
+            step_size,
+            bias2_sqrt: bias2_sqrt as f32,
+        };
+        let mut first_error = None;
         let states = &mut self.states;
         crate::parallel::run(|| {
-            params.visit_params(&mut |name, p: &mut Param| {
-                if states.len() <= i {
-                    states.push(AdamState {
-                        exp_avg: Tensor::zeros(p.value.shape()),
-                        exp_avg_sq: Tensor::zeros(p.value.shape()),
-                    });
-                }
-                let s = &mut states[i];
-                i += 1;
-                let chunks = p
-                    .value
-                    .data_mut()
-                    .par_chunks_mut(CHUNK)
-                    .zip(p.grad.data().par_chunks(CHUNK))
-                    .zip(s.exp_avg.data_mut().par_chunks_mut(CHUNK))
-                    .zip(s.exp_avg_sq.data_mut().par_chunks_mut(CHUNK));
-                // Elementwise, so any split gives the same bits. A non-finite gradient always
-                // makes the updated value non-finite (inf / inf is NaN), so checking the values
-                // (in cache, right after the update) covers both.
-                let c = Constants {
-                    b1,
-                    b2,
-                    eps,
-                    wd,
-                    step_size,
-                    bias2_sqrt,
-                };
-                let finite = chunks
-                    .map(|(((w, g), m), v)| update(w, g, m, v, &c))
-                    .reduce(|| true, |a, b| a & b);
-                if !finite && bad.is_none() {
-                    bad = Some(name.to_string());
+            params.visit_params(&mut |name, mut p: ParamMut<'_>| {
+                if let Err(e) = update_param(states, name, &mut p, &c)
+                    && first_error.is_none()
+                {
+                    first_error = Some(e);
                 }
             });
         });
-        bad
+        first_error.map_or(Ok(()), Err)
     }
+}
+
+/// Adam's update of one named parameter, creating its moments on its first step.
+fn update_param(
+    states: &mut BTreeMap<String, AdamState>,
+    name: &str,
+    p: &mut ParamMut<'_>,
+    c: &Constants,
+) -> Result<()> {
+    let s = match states.get_mut(name) {
+        Some(s) => s,
+        None => {
+            let shape = p.view().stored_shape().to_vec();
+            states.entry(name.to_string()).or_insert(AdamState {
+                exp_avg: Tensor::zeros(&shape),
+                exp_avg_sq: Tensor::zeros(&shape),
+            })
+        }
+    };
+    let (w, g) = p.storage_mut();
+    if g.len() != w.len() {
+        return Err(Error::shape(
+            &format!("{name}.grad"),
+            format!("{} values, as the parameter", w.len()),
+            &[g.len()],
+        ));
+    }
+    if s.exp_avg.len() != w.len() || s.exp_avg_sq.len() != w.len() {
+        return Err(Error::shape(
+            &format!("Adam moments of {name}"),
+            format!("{} values", w.len()),
+            s.exp_avg.shape(),
+        ));
+    }
+    // Elementwise, so any split gives the same bits.
+    let finite = w
+        .par_chunks_mut(CHUNK)
+        .zip(g.par_chunks(CHUNK))
+        .zip(s.exp_avg.data_mut().par_chunks_mut(CHUNK))
+        .zip(s.exp_avg_sq.data_mut().par_chunks_mut(CHUNK))
+        .map(|(((w, g), m), v)| update(w, g, m, v, c))
+        .reduce(|| true, |a, b| a & b);
+    if finite {
+        return Ok(());
+    }
+    // Only on failure: which of the two is to blame.
+    let tensor = if g.iter().all(|v| v.is_finite()) {
+        name.to_string()
+    } else {
+        format!("{name}.grad")
+    };
+    Err(Error::NonFiniteUpdate { tensor })
 }
 
 #[cfg(test)]
@@ -296,5 +365,78 @@ mod tests {
         assert!(update(&mut w, &g, &mut m, &mut v, &c));
         g[33] = f32::NAN;
         assert!(!update(&mut w, &g, &mut m, &mut v, &c));
+    }
+
+    /// Two parameters, visited in the order `flip` says.
+    struct Two(crate::layers::Param, crate::layers::Param, bool);
+
+    impl Parameters for Two {
+        fn visit_params(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+            let (a, b) = (ParamMut::new(&mut self.0), ParamMut::new(&mut self.1));
+            if self.2 {
+                f("b", b);
+                f("a", a);
+            } else {
+                f("a", a);
+                f("b", b);
+            }
+        }
+    }
+
+    fn two(flip: bool) -> Two {
+        let p = |v: Vec<f32>, g: Vec<f32>| crate::layers::Param {
+            value: Tensor::from_vec(&[v.len()], v).unwrap(),
+            grad: Tensor::from_vec(&[g.len()], g).unwrap(),
+        };
+        Two(
+            p(vec![1.0, 2.0], vec![0.5, -0.5]),
+            p(vec![3.0], vec![0.25]),
+            flip,
+        )
+    }
+
+    /// Moments are found by name: visiting the parameters in another order from one step to
+    /// the next changes nothing.
+    #[test]
+    fn state_follows_names_not_visiting_order() {
+        let mut a = AdamConfig::default().init().unwrap();
+        let mut b = AdamConfig::default().init().unwrap();
+        let (mut x, mut y) = (two(false), two(false));
+        for step in 0..3 {
+            y.2 = step % 2 == 1;
+            a.step(&mut x).unwrap();
+            b.step(&mut y).unwrap();
+        }
+        assert_eq!(x.0.value, y.0.value);
+        assert_eq!(x.1.value, y.1.value);
+        assert_eq!(a.names().collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    /// A non-finite gradient or value is named in the step that meets it; a gradient sized
+    /// unlike its parameter is a shape error naming it.
+    #[test]
+    fn bad_tensors_are_named() {
+        let mut adam = AdamConfig::default().init().unwrap();
+        let mut p = two(false);
+        p.1.grad.data_mut()[0] = f32::INFINITY;
+        let err = adam.step(&mut p).unwrap_err();
+        assert!(
+            matches!(&err, Error::NonFiniteUpdate { tensor } if tensor == "b.grad"),
+            "{err}"
+        );
+        let mut p = two(false);
+        p.0.value.data_mut()[1] = f32::NAN;
+        let err = adam.step(&mut p).unwrap_err();
+        assert!(
+            matches!(&err, Error::NonFiniteUpdate { tensor } if tensor == "a"),
+            "{err}"
+        );
+        let mut p = two(false);
+        p.0.grad = Tensor::zeros(&[3]);
+        let err = adam.step(&mut p).unwrap_err();
+        assert!(
+            matches!(&err, Error::Shape { layer, .. } if layer == "a.grad"),
+            "{err}"
+        );
     }
 }

@@ -6,7 +6,7 @@ mod schedule;
 pub use adam::{Adam, AdamConfig, AdamState};
 pub use schedule::StepLr;
 
-use crate::layers::Param;
+use crate::layers::ParamMut;
 
 /// Anything that owns trainable parameters: a [`Model`](crate::model::Model), or a learning
 /// rule's feedback matrices.
@@ -14,6 +14,6 @@ use crate::layers::Param;
 /// `Send`, because an optimizer updates them from a worker thread of the rayon pool (see
 /// [`parallel::run`](crate::parallel::run)).
 pub trait Parameters: Send {
-    /// Visits every parameter in a fixed order, with its name.
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param));
+    /// Visits every parameter with its name, each name once.
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>));
 }

@@ -37,6 +37,7 @@ impl LearningRule for Dfa {
         targets: &[usize],
         _rng: &mut Rng,
     ) -> Result<StepReport> {
+        self.feedback.check_model(model)?;
         crate::parallel::run(|| {
             let logits = model.forward(x, &mut |_, _| Ok(()))?;
             let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;

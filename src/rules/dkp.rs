@@ -4,7 +4,7 @@ use super::{Feedback, LearningRule, StepReport};
 use crate::error::Result;
 use crate::init::Rng;
 use crate::kernels::gemm::gemm;
-use crate::layers::Param;
+use crate::layers::ParamMut;
 use crate::loss::cross_entropy;
 use crate::model::Model;
 use crate::tensor::Tensor;
@@ -39,6 +39,7 @@ impl LearningRule for Dkp {
         targets: &[usize],
         _rng: &mut Rng,
     ) -> Result<StepReport> {
+        self.feedback.check_model(model)?;
         crate::parallel::run(|| {
             let logits = model.forward(x, &mut |_, _| Ok(()))?;
             let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
@@ -58,8 +59,8 @@ impl LearningRule for Dkp {
         })
     }
 
-    fn visit_learned(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        self.feedback.visit(f);
+    fn visit_learned(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+        self.feedback.visit_mut(f);
     }
 
     fn feedback(&self) -> Option<&Feedback> {

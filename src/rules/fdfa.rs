@@ -4,7 +4,7 @@ use super::{Feedback, LearningRule, StepReport, draw_directions, perturbed_forwa
 use crate::error::{Error, Result};
 use crate::init::Rng;
 use crate::kernels::gemm::gemm;
-use crate::layers::Param;
+use crate::layers::ParamMut;
 use crate::loss::cross_entropy;
 use crate::model::Model;
 use crate::tensor::Tensor;
@@ -40,6 +40,7 @@ impl Fdfa {
     }
 
     /// Uses `k >= 1` directions per sample and feedback point.
+    #[must_use]
     pub fn with_directions(mut self, k: usize) -> Self {
         self.directions = k.max(1);
         self
@@ -62,6 +63,7 @@ impl Fdfa {
         targets: &[usize],
         directions: &[Tensor],
     ) -> Result<StepReport> {
+        self.feedback.check_model(model)?;
         crate::parallel::run(|| {
             let logits = perturbed_forward(model, x, directions)?;
             let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
@@ -109,8 +111,8 @@ impl LearningRule for Fdfa {
         })
     }
 
-    fn visit_learned(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
-        self.feedback.visit(f);
+    fn visit_learned(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
+        self.feedback.visit_mut(f);
     }
 
     fn feedback(&self) -> Option<&Feedback> {

@@ -1,9 +1,9 @@
 //! Feedback matrices `B_l` (`classes x D_l`), one per feedback point.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::init::{Rng, fill_uniform, kaiming_bound};
 use crate::kernels::gemm::gemm;
-use crate::layers::Param;
+use crate::layers::{Param, ParamMut};
 use crate::model::Model;
 use crate::tensor::Tensor;
 
@@ -22,7 +22,7 @@ pub enum FeedbackInit {
 pub struct Feedback {
     names: Vec<String>,
     /// One matrix per feedback point, in forward order.
-    pub matrices: Vec<Param>,
+    pub(super) matrices: Vec<Param>,
 }
 
 impl Feedback {
@@ -67,18 +67,105 @@ impl Feedback {
         self.matrices.is_empty()
     }
 
+    /// The matrices with their gradients, one per feedback point in forward order
+    /// (`[classes, point shape...]`).
+    pub fn matrices(&self) -> &[Param] {
+        &self.matrices
+    }
+
+    /// The names, `<point>.feedbacks`, in the order of [`matrices`](Self::matrices).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Sets matrix `l`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `value` does not have the matrix's shape;
+    /// [`Error::InvalidConfig`] when there is no matrix `l`.
+    pub fn set(&mut self, l: usize, value: &Tensor) -> Result<()> {
+        let count = self.matrices.len();
+        let (Some(name), Some(m)) = (self.names.get(l), self.matrices.get_mut(l)) else {
+            return Err(Error::config(
+                "feedback",
+                "index",
+                format!("matrix {l} of {count}"),
+            ));
+        };
+        ParamMut::new(m)
+            .set_value(value)
+            .map_err(|_| Error::shape(name, format!("{:?}", m.value.shape()), value.shape()))
+    }
+
     /// Visits every matrix with its name.
-    pub fn visit(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+    pub fn visit_mut(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
         for (name, m) in self.names.iter().zip(&mut self.matrices) {
-            f(name, m);
+            f(name, ParamMut::new(m));
         }
     }
 
+    /// Checks that there is one matrix per feedback point of `model`, of the point's shape.
+    pub(super) fn check_model(&self, model: &Model) -> Result<()> {
+        let points = model.feedback_points();
+        if points.len() != self.matrices.len() {
+            return Err(Error::config(
+                "feedback",
+                "matrices",
+                format!(
+                    "built for {} feedback points, the model has {}",
+                    self.matrices.len(),
+                    points.len()
+                ),
+            ));
+        }
+        for ((point, m), name) in points.iter().zip(&self.matrices).zip(&self.names) {
+            // Compared in place: this runs on every step.
+            let shape = m.value.shape();
+            if shape.first() != Some(&model.classes()) || shape[1..] != point.shape[..] {
+                let mut want = vec![model.classes()];
+                want.extend_from_slice(&point.shape);
+                return Err(Error::Shape {
+                    layer: format!("{name} (built for another model?)"),
+                    expected: format!("{want:?} for feedback point {}", point.name),
+                    got: shape.to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the signal `g_l = e B_l` into `out`, shaped like `model.hidden(l)`.
-    pub fn signal(&self, l: usize, model: &Model, logits_grad: &Tensor, out: &mut Tensor) {
-        out.resize(model.hidden(l).primal().shape());
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] or [`Error::Shape`] when the matrices were built for
+    /// another model, or `logits_grad` is not `[N, classes]` of the last forward.
+    pub fn signal(
+        &self,
+        l: usize,
+        model: &Model,
+        logits_grad: &Tensor,
+        out: &mut Tensor,
+    ) -> Result<()> {
+        self.check_model(model)?;
+        if l >= self.matrices.len() {
+            return Err(Error::config(
+                "feedback",
+                "index",
+                format!("point {l} of {}", self.matrices.len()),
+            ));
+        }
+        let h = model.hidden(l).primal();
+        if logits_grad.shape() != [h.batch(), model.classes()] {
+            return Err(Error::shape(
+                "logits gradient",
+                format!("[{}, {}]", h.batch(), model.classes()),
+                logits_grad.shape(),
+            ));
+        }
+        out.resize(h.shape());
         let b = self.matrices[l].value.matrix();
         gemm(1.0, logits_grad.matrix(), b, 0.0, out.matrix_mut());
+        Ok(())
     }
 
     /// Trains every block with `e` (the output block) and `e B_l` (hidden blocks): the
@@ -88,6 +175,7 @@ impl Feedback {
     /// # Errors
     /// [`crate::Error::Shape`] when `logits_grad` does not match the last forward.
     pub fn deliver(&self, model: &mut Model, logits_grad: &Tensor) -> Result<()> {
+        self.check_model(model)?;
         model.backward_local(&|target, out| {
             match target {
                 // A gradient of the wrong shape is the output layer's error to report.

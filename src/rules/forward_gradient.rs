@@ -3,17 +3,20 @@
 use super::{LearningRule, StepReport, draw_directions, perturbed_forward};
 use crate::error::Result;
 use crate::init::{Rng, fill_normal};
+use crate::layers::StateMut;
 use crate::loss::{cross_entropy, cross_entropy_jvp, per_sample_jvp};
 use crate::model::Model;
 use crate::tensor::Tensor;
 
 /// FG-W: one direction `v ~ N(0, I)` over all parameters per step; the forward pass carries
-/// parameter tangents, giving the directional derivative `dL . v` of the mean loss, and every
-/// parameter's gradient estimate is `(dL . v) v`: unbiased, with a total variance of
-/// `(P + 1) |g|^2` for `P` parameters (`tests/research` checks both).
+/// the JVP along it ([`Model::forward_param_jvp`]), giving the directional derivative
+/// `dL . v` of the mean loss, and every parameter's gradient estimate is `(dL . v) v`:
+/// unbiased, with a total variance of `(P + 1) |g|^2` for `P` parameters (`tests/research`
+/// checks both).
 #[derive(Clone, Debug, Default)]
 pub struct ForwardGradientWeight {
-    tangents: Vec<Tensor>,
+    /// The direction, one flat run per parameter in the model's visiting order.
+    direction: Vec<Vec<f32>>,
     logits_grad: Tensor,
 }
 
@@ -37,49 +40,38 @@ impl LearningRule for ForwardGradientWeight {
         rng: &mut Rng,
     ) -> Result<StepReport> {
         crate::parallel::run(|| {
-            let mut tangents = std::mem::take(&mut self.tangents);
+            // The direction is elementwise, so it is drawn in each parameter's storage order.
             let mut i = 0;
-            model.visit_params(&mut |_, p| {
-                if tangents.len() <= i {
-                    tangents.push(Tensor::default());
-                }
-                let mut v = std::mem::take(&mut tangents[i]);
-                v.resize(p.value.shape());
-                fill_normal(v.data_mut(), rng);
-                p.tangent = Some(v);
-                i += 1;
-            });
-            let result = (|| {
-                let logits = model.forward(x, &mut |_, _| Ok(()))?;
-                let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
-                let dl = match logits.tangent() {
-                    Some(d) => cross_entropy_jvp(&self.logits_grad, d)?[0],
-                    None => 0.0,
-                };
-                Ok::<_, crate::Error>((loss, dl))
-            })();
-            // Hand the tangents back whatever happened, so that no later forward sees them.
-            let mut i = 0;
-            let mut dl_loss = None;
-            if let Ok((_, dl)) = &result {
-                dl_loss = Some(*dl);
-            }
-            model.visit_params(&mut |_, p| {
-                if let Some(v) = p.tangent.take() {
-                    if let Some(dl) = dl_loss {
-                        p.grad.resize(v.shape());
-                        p.grad
-                            .data_mut()
-                            .iter_mut()
-                            .zip(v.data())
-                            .for_each(|(g, v)| *g = dl * v);
+            let direction = &mut self.direction;
+            model.visit_state_mut(&mut |_, state| {
+                if let StateMut::Param(mut p) = state {
+                    if direction.len() <= i {
+                        direction.push(Vec::new());
                     }
-                    tangents[i] = v;
+                    let v = &mut direction[i];
+                    v.resize(p.storage_mut().0.len(), 0.0);
+                    fill_normal(v, rng);
+                    i += 1;
                 }
-                i += 1;
             });
-            self.tangents = tangents;
-            let (loss, _) = result?;
+            direction.truncate(i);
+            let v: Vec<&[f32]> = direction.iter().map(Vec::as_slice).collect();
+            let logits = model.forward_param_jvp(x, &v)?;
+            let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
+            let dl = match logits.tangent() {
+                Some(d) => cross_entropy_jvp(&self.logits_grad, d)?[0],
+                None => 0.0,
+            };
+            let mut i = 0;
+            model.visit_state_mut(&mut |_, state| {
+                if let StateMut::Param(mut p) = state {
+                    let (_, grad) = p.storage_mut();
+                    grad.iter_mut()
+                        .zip(&direction[i])
+                        .for_each(|(g, v)| *g = dl * v);
+                    i += 1;
+                }
+            });
             Ok(StepReport { loss })
         })
     }
@@ -120,6 +112,7 @@ impl ForwardGradientActivity {
     }
 
     /// Uses `k >= 1` directions per sample.
+    #[must_use]
     pub fn with_directions(mut self, k: usize) -> Self {
         self.directions = k.max(1);
         self

@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use ndarray_rand::rand::RngCore;
 
 use crate::init::Rng;
-use crate::layers::Param;
+use crate::layers::ParamMut;
 use crate::model::Model;
 use crate::parallel::par_chunks_mut;
 use crate::tensor::Tensor;
@@ -61,7 +61,7 @@ pub trait LearningRule: Send + Debug {
 
     /// Visits the feedback matrices the rule learns (they get their own optimizer); rules
     /// without learned feedback visit nothing.
-    fn visit_learned(&mut self, _f: &mut dyn FnMut(&str, &mut Param)) {}
+    fn visit_learned(&mut self, _f: &mut dyn FnMut(&str, ParamMut<'_>)) {}
 
     /// The rule's feedback matrices, learned or fixed, if it has any.
     fn feedback(&self) -> Option<&Feedback> {
@@ -78,7 +78,7 @@ pub trait LearningRule: Send + Debug {
 pub struct Learned<'a>(pub &'a mut dyn LearningRule);
 
 impl crate::optim::Parameters for Learned<'_> {
-    fn visit_params(&mut self, f: &mut dyn FnMut(&str, &mut Param)) {
+    fn visit_params(&mut self, f: &mut dyn FnMut(&str, ParamMut<'_>)) {
         self.0.visit_learned(f);
     }
 }

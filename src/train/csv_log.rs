@@ -1,10 +1,11 @@
 //! The per-epoch CSV log, with the reference's columns.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::EpochRecord;
+use crate::csv::open_appending;
 use crate::error::{Error, Result};
 
 /// The header the reference writes.
@@ -22,7 +23,8 @@ impl CsvLog {
     ///
     /// # Errors
     /// [`Error::Io`] when the file cannot be created or written.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         Ok(Self {
             path: path.to_path_buf(),
             file: open_appending(path, HEADER)?,
@@ -49,7 +51,8 @@ impl CsvLog {
     /// # Ok(())
     /// # }
     /// ```
-    pub fn rewrite(path: &Path, records: &[EpochRecord]) -> Result<Self> {
+    pub fn rewrite(path: impl AsRef<Path>, records: &[EpochRecord]) -> Result<Self> {
+        let path = path.as_ref();
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
@@ -82,24 +85,4 @@ fn write_row(out: &mut dyn Write, r: &EpochRecord) -> std::io::Result<()> {
         "{},{},{},{}",
         r.epoch, r.train_loss, r.test_loss, r.test_accuracy
     )
-}
-
-/// Opens a CSV file for appending, creating it (and its folder) with `header` when it is new
-/// or empty.
-pub(crate) fn open_appending(path: &Path, header: &str) -> Result<File> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let fresh = std::fs::metadata(path)
-        .map(|m| m.len() == 0)
-        .unwrap_or(true);
-    let mut file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
-    if fresh {
-        writeln!(file, "{header}").map_err(|e| Error::io(path, e))?;
-    }
-    Ok(file)
 }

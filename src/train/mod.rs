@@ -12,23 +12,31 @@ pub(crate) mod csv_log;
 
 pub use csv_log::CsvLog;
 
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 
 use ndarray_rand::rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
-use crate::diagnostics::{AlignmentRow, MeasureConfig, measure};
 use crate::error::{Error, Result};
 use crate::init::{Rng, rng};
 use crate::loss::evaluate_rows;
 use crate::model::Model;
-use crate::optim::{Adam, AdamConfig, StepLr};
+use crate::optim::{Adam, AdamConfig, AdamState, StepLr};
 use crate::rules::{Learned, LearningRule};
 use crate::tensor::Tensor;
 
-/// The training settings; `Default` holds the reference's command-line defaults.
+/// The training settings; `Default` holds the reference's command-line defaults, and the
+/// `with_*` methods change one each (the struct may gain fields, so it is built that way).
+///
+/// ```
+/// use fdfa::train::TrainConfig;
+/// let config = TrainConfig::default().with_batch_size(16).with_epochs(3).with_lr(1e-2);
+/// assert_eq!((config.batch_size, config.epochs, config.b_lr), (16, 3, 1e-4));
+/// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TrainConfig {
     /// Samples per training batch (64).
     pub batch_size: usize,
@@ -48,8 +56,6 @@ pub struct TrainConfig {
     pub feedback_decay: f32,
     /// Seed of every random choice of the run.
     pub seed: u64,
-    /// Stop after the first batch (a smoke test of the whole pipeline).
-    pub dry_run: bool,
 }
 
 impl Default for TrainConfig {
@@ -64,12 +70,74 @@ impl Default for TrainConfig {
             weight_decay: 0.0,
             feedback_decay: 0.0,
             seed: 1,
-            dry_run: false,
         }
     }
 }
 
 impl TrainConfig {
+    /// Sets the samples per training batch.
+    #[must_use]
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size;
+        self
+    }
+
+    /// Sets the samples per evaluation chunk.
+    #[must_use]
+    pub fn with_test_batch_size(mut self, test_batch_size: usize) -> Self {
+        self.test_batch_size = test_batch_size;
+        self
+    }
+
+    /// Sets the number of epochs.
+    #[must_use]
+    pub fn with_epochs(mut self, epochs: usize) -> Self {
+        self.epochs = epochs;
+        self
+    }
+
+    /// Sets the forward learning rate.
+    #[must_use]
+    pub fn with_lr(mut self, lr: f32) -> Self {
+        self.lr = lr;
+        self
+    }
+
+    /// Sets the feedback learning rate.
+    #[must_use]
+    pub fn with_b_lr(mut self, b_lr: f32) -> Self {
+        self.b_lr = b_lr;
+        self
+    }
+
+    /// Sets the per-epoch decay of the forward learning rate.
+    #[must_use]
+    pub fn with_gamma(mut self, gamma: f32) -> Self {
+        self.gamma = gamma;
+        self
+    }
+
+    /// Sets the L2 weight decay of the forward parameters.
+    #[must_use]
+    pub fn with_weight_decay(mut self, weight_decay: f32) -> Self {
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    /// Sets the L2 weight decay of the feedback matrices.
+    #[must_use]
+    pub fn with_feedback_decay(mut self, feedback_decay: f32) -> Self {
+        self.feedback_decay = feedback_decay;
+        self
+    }
+
+    /// Sets the seed of every random choice of the run.
+    #[must_use]
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
     /// Checks every value once, so that a run cannot start with a setting it cannot honour.
     ///
     /// # Errors
@@ -161,7 +229,7 @@ pub struct Progress {
 /// let mut rng = fdfa::init::rng(0);
 /// let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
 /// let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
-/// let config = TrainConfig { batch_size: 16, epochs: 2, ..TrainConfig::default() };
+/// let config = TrainConfig::default().with_batch_size(16).with_epochs(2);
 /// let mut trainer = Trainer::new(model, rule, config)?;
 /// let records = trainer.fit(&data, &data, &mut |_| std::ops::ControlFlow::Continue(()))?;
 /// assert_eq!(records.len(), 2);
@@ -170,29 +238,56 @@ pub struct Progress {
 /// ```
 #[derive(Debug)]
 pub struct Trainer {
-    /// The network.
-    pub model: Model,
-    /// The learning rule (owning its feedback matrices).
-    pub rule: Box<dyn LearningRule>,
-    /// The forward parameters' optimizer.
-    pub forward_opt: Adam,
-    /// The learned feedback matrices' optimizer.
-    pub feedback_opt: Adam,
+    model: Model,
+    rule: Box<dyn LearningRule>,
+    forward_opt: Adam,
+    feedback_opt: Adam,
     schedule: StepLr,
     config: TrainConfig,
     progress: Progress,
     x: Tensor,
     targets: Vec<usize>,
     order: Vec<usize>,
-    alignment: Option<AlignmentProbe>,
+    before_step: Hook,
 }
 
-/// The opt-in alignment measurement of a trainer.
-#[derive(Debug)]
-struct AlignmentProbe {
-    every: usize,
-    config: MeasureConfig,
-    rows: Vec<AlignmentRow>,
+/// The batch a training step is about to train on, as a
+/// [`Trainer::set_before_step`] hook sees it.
+pub struct StepContext<'a> {
+    /// The network, before the step.
+    pub model: &'a mut Model,
+    /// The learning rule, before the step.
+    pub rule: &'a mut dyn LearningRule,
+    /// The batch's inputs.
+    pub x: &'a Tensor,
+    /// The batch's class indices.
+    pub targets: &'a [usize],
+    /// The epoch, from 1.
+    pub epoch: usize,
+    /// The batch within the epoch, from 1.
+    pub batch: usize,
+    /// Batches in the epoch.
+    pub batches: usize,
+    /// A generator for the hook's own random numbers, derived from the run's seed, the epoch
+    /// and the batch (training's generator is not touched).
+    pub rng: Rng,
+}
+
+/// A hook run before every training step ([`Trainer::set_before_step`]).
+pub type BeforeStep = Box<dyn FnMut(StepContext<'_>) -> Result<()> + Send>;
+
+/// The trainer's optional hook, shown by `Debug` as present or not.
+#[derive(Default)]
+struct Hook(Option<BeforeStep>);
+
+impl std::fmt::Debug for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Some(<hook>)"
+        } else {
+            "None"
+        })
+    }
 }
 
 /// A generator for one purpose of one epoch (and batch) of a run.
@@ -205,7 +300,7 @@ fn derived_rng(seed: u64, purpose: u64, epoch: usize, batch: usize) -> Rng {
 const SHUFFLE: u64 = 1;
 const AUGMENT: u64 = 2;
 const DIRECTIONS: u64 = 3;
-const ALIGNMENT: u64 = 4;
+const HOOK: u64 = 4;
 
 impl Trainer {
     /// A trainer at epoch 0.
@@ -239,74 +334,46 @@ impl Trainer {
             x: Tensor::default(),
             targets: Vec::new(),
             order: Vec::new(),
-            alignment: None,
+            before_step: Hook::default(),
         })
     }
 
-    /// Measures, every `every` batches and before that batch's update, how the rule's updates
-    /// align with backpropagation's on that batch ([`measure`]); collect the rows with
-    /// [`take_alignment`](Self::take_alignment). Training is unchanged: the measurement
-    /// restores what it touches and draws its directions from its own generator, derived
-    /// from the seed, the epoch and the batch.
+    /// Sets (or, with `None`, removes) a hook that runs before every training step on the
+    /// batch the step is about to train on, e.g. a diagnostic such as
+    /// [`AlignmentProbe`](crate::diagnostics::AlignmentProbe). The hook must leave the model
+    /// and the rule as it found them for training to be unchanged; its random numbers come
+    /// from [`StepContext::rng`], not from training's generator.
     ///
-    /// # Errors
-    /// [`Error::InvalidConfig`] when `every` or `config.repeats` is zero.
-    pub fn measure_alignment(&mut self, every: usize, config: MeasureConfig) -> Result<()> {
-        if every == 0 {
-            return Err(Error::config(
-                "training",
-                "alignment_every",
-                "must be positive",
-            ));
-        }
-        if config.repeats == 0 {
-            return Err(Error::config("measure", "repeats", "must be at least 1"));
-        }
-        self.alignment = Some(AlignmentProbe {
-            every,
-            config,
-            rows: Vec::new(),
-        });
-        Ok(())
-    }
-
-    /// The alignment rows measured since the last call (empty when not measuring).
-    pub fn take_alignment(&mut self) -> Vec<AlignmentRow> {
-        self.alignment
-            .as_mut()
-            .map(|p| std::mem::take(&mut p.rows))
-            .unwrap_or_default()
-    }
-
-    /// Runs the alignment measurement on the batch in `self.x` when it is due.
-    fn probe(&mut self, epoch: usize, batch: usize, batches: usize) -> Result<()> {
-        let Some(probe) = &self.alignment else {
-            return Ok(());
-        };
-        if !(batch + 1).is_multiple_of(probe.every) {
-            return Ok(());
-        }
-        let config = probe.config;
-        let mut rng = derived_rng(self.config.seed, ALIGNMENT, epoch, batch);
-        let result = measure(
-            &mut self.model,
-            self.rule.as_mut(),
-            &self.x,
-            &self.targets,
-            &mut rng,
-            &config,
-        );
-        if let Some(probe) = &mut self.alignment {
-            probe
-                .rows
-                .extend(result?.into_iter().map(|alignment| AlignmentRow {
-                    epoch,
-                    batch: batch + 1,
-                    batches,
-                    alignment,
-                }));
-        }
-        Ok(())
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use std::sync::{Arc, Mutex};
+    /// use fdfa::data::Dataset;
+    /// use fdfa::diagnostics::{AlignmentProbe, MeasureConfig};
+    /// use fdfa::rules::RuleKind;
+    /// use fdfa::train::{TrainConfig, Trainer};
+    ///
+    /// let pixels: Vec<u8> = (0..64 * 16).map(|i| ((i * 37) % 256) as u8).collect();
+    /// let labels: Vec<u32> = (0..64).map(|i| (i % 2) as u32).collect();
+    /// let data = Dataset::new(pixels, labels, [1, 4, 4], 2)?;
+    /// let mut rng = fdfa::init::rng(0);
+    /// let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
+    /// let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
+    /// let config = TrainConfig::default().with_batch_size(16).with_epochs(1);
+    /// let mut trainer = Trainer::new(model, rule, config)?;
+    /// let probe = Arc::new(Mutex::new(AlignmentProbe::new(2, MeasureConfig::default())?));
+    /// let hook = probe.clone();
+    /// trainer.set_before_step(Some(Box::new(move |mut step| {
+    ///     let position = (step.epoch, step.batch, step.batches);
+    ///     let mut probe = hook.lock().unwrap();
+    ///     probe.observe(step.model, step.rule, step.x, step.targets, position, &mut step.rng)
+    /// })));
+    /// trainer.fit(&data, &data, &mut |_| ControlFlow::Continue(()))?;
+    /// // Batches 2 and 4 of 4, one row per hidden block.
+    /// assert_eq!(probe.lock().unwrap().take_rows().len(), 2);
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    pub fn set_before_step(&mut self, hook: Option<BeforeStep>) {
+        self.before_step = Hook(hook);
     }
 
     /// The settings.
@@ -319,10 +386,55 @@ impl Trainer {
         &self.progress
     }
 
-    /// Restores a saved position (with [`forward_opt`](Self::forward_opt) and
-    /// [`feedback_opt`](Self::feedback_opt) restored by the caller); the learning rate
-    /// follows the schedule.
-    pub fn restore_progress(&mut self, progress: Progress) {
+    /// The network.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The network, to read or edit its state ([`Model::visit_state_mut`] checks every
+    /// write). The rule was built for this model's feedback points: a model of another
+    /// architecture swapped in makes the next step fail with a shape error.
+    pub fn model_mut(&mut self) -> &mut Model {
+        &mut self.model
+    }
+
+    /// The learning rule (owning its feedback matrices).
+    pub fn rule(&self) -> &dyn LearningRule {
+        self.rule.as_ref()
+    }
+
+    /// The learning rule, to read or edit its feedback matrices.
+    pub fn rule_mut(&mut self) -> &mut dyn LearningRule {
+        self.rule.as_mut()
+    }
+
+    /// The network and the rule at once (e.g. for
+    /// [`diagnostics::measure`](crate::diagnostics::measure)).
+    pub fn parts_mut(&mut self) -> (&mut Model, &mut dyn LearningRule) {
+        (&mut self.model, self.rule.as_mut())
+    }
+
+    /// The forward parameters' optimizer.
+    pub fn forward_optimizer(&self) -> &Adam {
+        &self.forward_opt
+    }
+
+    /// The learned feedback matrices' optimizer.
+    pub fn feedback_optimizer(&self) -> &Adam {
+        &self.feedback_opt
+    }
+
+    /// Restores, together, both optimizers' step counts and moments (by parameter name, in
+    /// the parameters' storage layout) and the position; the forward learning rate follows
+    /// the schedule. The checkpoint loader's one operation on the trainer.
+    pub(crate) fn restore(
+        &mut self,
+        forward: (u64, BTreeMap<String, AdamState>),
+        feedback: (u64, BTreeMap<String, AdamState>),
+        progress: Progress,
+    ) {
+        self.forward_opt.restore(forward.0, forward.1);
+        self.feedback_opt.restore(feedback.0, feedback.1);
         self.forward_opt.set_lr(self.schedule.lr(progress.epoch));
         self.progress = progress;
     }
@@ -374,7 +486,18 @@ impl Trainer {
             self.targets.resize(m, 0);
             let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
             train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
-            self.probe(epoch, b, batches)?;
+            if let Some(hook) = &mut self.before_step.0 {
+                hook(StepContext {
+                    model: &mut self.model,
+                    rule: self.rule.as_mut(),
+                    x: &self.x,
+                    targets: &self.targets,
+                    epoch,
+                    batch: b + 1,
+                    batches,
+                    rng: derived_rng(self.config.seed, HOOK, epoch, b),
+                })?;
+            }
             // Batches are counted from 1 in errors, as in the progress lines.
             let report = self.step(epoch, b + 1)?;
             self.progress.batch += 1;
@@ -387,7 +510,7 @@ impl Trainer {
                 running_loss: self.progress.loss_sum / (b + 1) as f64,
                 samples: m,
             };
-            if on_batch(&event).is_break() || self.config.dry_run {
+            if on_batch(&event).is_break() {
                 return Ok(None);
             }
         }
@@ -406,45 +529,25 @@ impl Trainer {
         let (rule, model) = (&mut self.rule, &mut self.model);
         let (feedback_opt, forward_opt) = (&mut self.feedback_opt, &mut self.forward_opt);
         let (x, targets, rng) = (&self.x, &self.targets, &mut self.progress.rng);
-        let (report, bad) = crate::parallel::run(|| -> Result<_> {
+        crate::parallel::run(|| -> Result<_> {
             let report = rule.step(model, x, targets, rng)?;
             if !report.loss.is_finite() {
-                return Ok((report, None));
+                return Err(nonfinite("loss".into()));
             }
             // The optimizers check every gradient and updated value as they go.
-            let bad_feedback = feedback_opt.step(&mut Learned(rule.as_mut()));
-            let bad_forward = forward_opt.step(model);
-            Ok((report, bad_feedback.or(bad_forward)))
-        })?;
-        if !report.loss.is_finite() {
-            return Err(nonfinite("loss".into()));
-        }
-        match bad {
-            Some(name) => Err(nonfinite(self.locate_nonfinite(&name))),
-            None => Ok(report.loss),
-        }
-    }
-
-    /// Names the tensor that holds the non-finite value: the gradient when it is not finite,
-    /// else the updated parameter.
-    fn locate_nonfinite(&mut self, param: &str) -> String {
-        let mut grad_bad = false;
-        let mut look = |name: &str, p: &mut crate::layers::Param| {
-            if name == param && !p.grad.is_finite() {
-                grad_bad = true;
-            }
-        };
-        self.model.visit_params(&mut look);
-        self.rule.visit_learned(&mut look);
-        if grad_bad {
-            format!("{param}.grad")
-        } else {
-            param.to_string()
-        }
+            let feedback = feedback_opt.step(&mut Learned(rule.as_mut()));
+            let forward = forward_opt.step(model);
+            feedback.and(forward).map_err(|e| match e {
+                Error::NonFiniteUpdate { tensor } => nonfinite(tensor),
+                other => other,
+            })?;
+            Ok(report.loss)
+        })
     }
 
     /// The shape of a batch of `m` samples of `source` as the model takes it, after checking
-    /// that the source fits the model ([`check_fits`](crate::data::check_fits)).
+    /// that the source fits the model ([`check_fits`](crate::data::check_fits)): checked
+    /// before the first batch.
     fn batch_shape(&self, m: usize, source: &dyn DataSource) -> Result<Vec<usize>> {
         crate::data::check_fits(source, self.model.input_shape(), self.model.classes())?;
         let mut shape = vec![m];
@@ -477,7 +580,9 @@ impl Trainer {
     /// Test loss and accuracy (percent) in inference mode.
     ///
     /// # Errors
-    /// [`Error::Shape`] when the data does not fit the model; whatever the source reports.
+    /// [`Error::Shape`] when the samples do not fit the model; [`Error::ClassMismatch`] when
+    /// the data has more classes than the model has logits; [`Error::LabelOutOfRange`] for a
+    /// label not below the model's classes; whatever the source reports.
     pub fn evaluate(&mut self, test: &dyn DataSource) -> Result<(f64, f64)> {
         let n = test.len();
         // A batch larger than the test set is the test set: the same groups, and no
@@ -505,12 +610,14 @@ impl Trainer {
             targets.resize(m, 0);
             test.fill_batch(&indices, 0, x.data_mut(), &mut targets)?;
             let logits = self.model.infer(&x)?;
-            if let Some(t) = targets.iter().find(|&&t| t >= classes) {
-                return Err(Error::shape(
-                    "evaluate",
-                    format!("targets below {classes}"),
-                    &[*t],
-                ));
+            if let Some((index, &label)) = targets.iter().enumerate().find(|&(_, &t)| t >= classes)
+            {
+                return Err(Error::LabelOutOfRange {
+                    context: "evaluate".into(),
+                    label,
+                    index,
+                    classes,
+                });
             }
             for (rows, ts) in logits.data().chunks(bs * classes).zip(targets.chunks(bs)) {
                 let (sum, ok) = evaluate_rows(rows, classes, ts);
@@ -525,8 +632,10 @@ impl Trainer {
         ))
     }
 
-    /// Trains until every epoch has run (or one batch with `dry_run`), calling `on_batch`
-    /// after every batch; returns the epoch records.
+    /// Trains until every epoch has run, calling `on_batch` after every batch; returns the
+    /// epoch records. When `on_batch` returns `Break`, training stops after that batch with
+    /// the position saved in [`progress`](Self::progress) (a smoke test of one batch, a
+    /// checkpoint, Ctrl-C), and the records of the completed epochs are returned.
     ///
     /// # Errors
     /// As [`train_epoch`](Self::train_epoch) and [`evaluate`](Self::evaluate).
@@ -541,13 +650,7 @@ impl Trainer {
                 Some(loss) => {
                     self.finish_epoch(loss, test)?;
                 }
-                None => {
-                    if self.config.dry_run {
-                        let loss = self.progress.loss_sum;
-                        self.finish_epoch(loss, test)?;
-                    }
-                    break;
-                }
+                None => break,
             }
         }
         Ok(self.progress.records.clone())

@@ -2,9 +2,9 @@
 //! training with an error naming the tensor, the epoch and the batch.
 
 use fdfa::Error;
+use fdfa::layers::{State, StateMut};
 use fdfa::rules::RuleKind;
 use fdfa::train::checkpoint::{RunInfo, save_trainer};
-use fdfa::train::{EpochRecord, Progress};
 
 use super::{Setup, TempDir, go, mnist};
 
@@ -30,9 +30,9 @@ fn nonfinite(err: Error) -> (String, usize, usize) {
 #[test]
 fn a_nan_weight_stops_training_at_the_loss() {
     let mut t = Setup::new(RuleKind::Dkp).trainer();
-    t.model.visit_params(&mut |name, p| {
-        if name == "fc_out.weight" {
-            p.value.data_mut()[0] = f32::NAN;
+    t.model_mut().visit_state_mut(&mut |name, state| {
+        if let (true, StateMut::Param(mut p)) = (name == "fc_out.weight", state) {
+            p.storage_mut().0[0] = f32::NAN;
         }
     });
     let err = t.train_epoch(&mnist().0, &mut go).unwrap_err();
@@ -48,8 +48,10 @@ fn a_nan_feedback_matrix_stops_training_at_the_gradient_it_reaches() {
         _ => std::ops::ControlFlow::Continue(()),
     })
     .unwrap();
-    let fb = t.rule.feedback_mut().unwrap();
-    fb.matrices[1].value.data_mut()[7] = f32::NAN;
+    let fb = t.rule_mut().feedback_mut().unwrap();
+    let mut b1 = fb.matrices()[1].value.clone();
+    b1.data_mut()[7] = f32::NAN;
+    fb.set(1, &b1).unwrap();
     let err = t.train_epoch(train, &mut go).unwrap_err();
     // The forward pass does not use B_1, so the loss stays finite; the NaN first shows in
     // the gradient of B_1 itself (B - d u^T / N), and the feedback group is checked first
@@ -60,9 +62,9 @@ fn a_nan_feedback_matrix_stops_training_at_the_gradient_it_reaches() {
     );
     // Block 1's weights, trained with e B_1, are poisoned too.
     let mut poisoned = false;
-    t.model.visit_params(&mut |name, p| {
-        if name == "fc_hidden.1.weight" {
-            poisoned = !p.grad.is_finite();
+    t.model().visit_state(&mut |name, state| {
+        if let (true, State::Param(p)) = (name == "fc_hidden.1.weight", state) {
+            poisoned = !p.grad().is_finite();
         }
     });
     assert!(poisoned);
@@ -85,20 +87,14 @@ fn an_absurd_learning_rate_stops_training() {
 fn a_non_finite_record_is_not_saved() {
     let tmp = TempDir::new("nonfinite-record");
     let mut t = Setup::new(RuleKind::Bp).trainer();
-    let record = EpochRecord {
-        epoch: 1,
-        train_loss: 2.0,
-        test_loss: f64::INFINITY,
-        test_accuracy: 10.0,
-    };
-    let progress = Progress {
-        epoch: 1,
-        batch: 0,
-        loss_sum: 0.0,
-        rng: fdfa::init::rng(0),
-        records: vec![record],
-    };
-    t.restore_progress(progress);
+    // Infinite logits make the test loss NaN (inf - inf) at the end of epoch 1.
+    t.model_mut().visit_state_mut(&mut |name, state| {
+        if let (true, StateMut::Param(mut p)) = (name == "fc_out.weight", state) {
+            p.storage_mut().0.fill(f32::MAX);
+        }
+    });
+    let record = t.finish_epoch(2.0, &mnist().1).unwrap();
+    assert!(!record.test_loss.is_finite());
     let err = save_trainer(tmp.path(), &mut t, &RunInfo::default()).unwrap_err();
     assert_eq!(nonfinite(err), ("test loss".to_string(), 1, 0));
     assert!(!tmp.path().join("state.json").exists());

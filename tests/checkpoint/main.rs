@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use fdfa::data::{Dataset, load_mnist};
-use fdfa::layers::StateMut;
+use fdfa::layers::{ParamRef, State};
 use fdfa::rules::RuleKind;
 use fdfa::train::checkpoint::{RunInfo, load_trainer, save_trainer};
 use fdfa::train::{CsvLog, TrainConfig, Trainer};
@@ -62,15 +62,13 @@ impl Setup {
         let mut rng = fdfa::init::rng(SEED);
         let model = fdfa::model::fc(&[1, 28, 28], self.layers, self.width, 10, &mut rng).unwrap();
         let rule = self.rule.build(&model, 1, &mut rng).unwrap();
-        let config = TrainConfig {
-            batch_size: 64,
-            test_batch_size: 256,
-            epochs: self.epochs,
-            lr: self.lr,
-            b_lr: 1e-3,
-            seed: SEED,
-            ..TrainConfig::default()
-        };
+        let config = TrainConfig::default()
+            .with_batch_size(64)
+            .with_test_batch_size(256)
+            .with_epochs(self.epochs)
+            .with_lr(self.lr)
+            .with_b_lr(1e-3)
+            .with_seed(SEED);
         Trainer::new(model, rule, config).unwrap()
     }
 }
@@ -106,25 +104,41 @@ fn bits(t: &fdfa::Tensor) -> Vec<u64> {
 
 fn snapshot(t: &mut Trainer) -> Snapshot {
     let mut s: Snapshot = Vec::new();
-    t.model.visit_state(&mut |name, state| {
+    let mut moments: Snapshot = Vec::new();
+    let forward = t.forward_optimizer();
+    t.model().visit_state(&mut |name, state| {
         let b = match state {
-            StateMut::Param(p) => bits(&p.value),
-            StateMut::Buffer(t) => bits(t),
-            StateMut::Counter(c) => vec![*c],
+            State::Param(p) => {
+                if let Some((m, v)) = forward.moments(name, &p) {
+                    moments.push((format!("forward exp_avg {name}"), bits(&m)));
+                    moments.push((format!("forward exp_avg_sq {name}"), bits(&v)));
+                }
+                bits(&p.value())
+            }
+            State::Buffer(t) => bits(t),
+            State::Counter(c) => vec![c],
         };
         s.push((name.to_string(), b));
     });
-    if let Some(fb) = t.rule.feedback_mut() {
-        fb.visit(&mut |name, p| s.push((name.to_string(), bits(&p.value))));
-    }
-    for (group, adam) in [("forward", &t.forward_opt), ("feedback", &t.feedback_opt)] {
-        s.push((format!("{group} steps"), vec![adam.steps()]));
-        s.push((format!("{group} lr"), vec![u64::from(adam.lr().to_bits())]));
-        for (i, m) in adam.states().iter().enumerate() {
-            s.push((format!("{group} exp_avg {i}"), bits(&m.exp_avg)));
-            s.push((format!("{group} exp_avg_sq {i}"), bits(&m.exp_avg_sq)));
+    let feedback = t.feedback_optimizer();
+    if let Some(fb) = t.rule().feedback() {
+        for (name, m) in fb.names().iter().zip(fb.matrices()) {
+            s.push((name.to_string(), bits(&m.value)));
+            if let Some((m, v)) = feedback.moments(name, &ParamRef::new(m)) {
+                moments.push((format!("feedback exp_avg {name}"), bits(&m)));
+                moments.push((format!("feedback exp_avg_sq {name}"), bits(&v)));
+            }
         }
     }
+    for (group, adam) in [("forward", forward), ("feedback", feedback)] {
+        s.push((format!("{group} steps"), vec![adam.steps()]));
+        s.push((format!("{group} lr"), vec![u64::from(adam.lr().to_bits())]));
+        s.push((
+            format!("{group} moments"),
+            vec![adam.names().count() as u64],
+        ));
+    }
+    s.extend(moments);
     let p = t.progress();
     let position = vec![p.epoch as u64, p.batch as u64, p.loss_sum.to_bits()];
     s.push(("position".into(), position));

@@ -270,7 +270,7 @@ fn models_load_alone_from_trainer_checkpoints_and_refuse_bad_tensors() {
     let mut model = fresh();
     load_model(&s.tensors, &mut model).unwrap();
     let path = s.dir.join("alone.safetensors");
-    save_model(&path, &mut model).unwrap();
+    save_model(&path, &model).unwrap();
     let names: Vec<String> = entries(&fs::read(&path).unwrap())
         .into_iter()
         .map(|e| e.name)

@@ -3,10 +3,10 @@
 
 use std::fs;
 
-use fdfa::layers::StateMut;
+use fdfa::layers::State;
 use fdfa::rules::RuleKind;
 use fdfa::train::CsvLog;
-use fdfa::train::checkpoint::{Interruption, load_trainer, save_trainer, save_trainer_interrupted};
+use fdfa::train::checkpoint::{load_trainer, save_trainer};
 use fdfa::{Error, train::checkpoint::RunInfo};
 
 use super::{Setup, TempDir, assert_same, epoch, go, in_pieces, snapshot, whole};
@@ -73,7 +73,7 @@ fn files(dir: &std::path::Path) -> Vec<String> {
 fn an_interrupted_save_leaves_the_previous_checkpoint_whole() {
     let tmp = TempDir::new("interrupted-save");
     let ckpt = tmp.path().join("ckpt");
-    let mut log = CsvLog::open(&tmp.path().join("log.csv")).unwrap();
+    let mut log = CsvLog::open(tmp.path().join("log.csv")).unwrap();
     let setup = Setup::new(RuleKind::Fdfa).epochs(2);
     let run = RunInfo::default();
     let mut t = setup.trainer();
@@ -83,9 +83,15 @@ fn an_interrupted_save_leaves_the_previous_checkpoint_whole() {
     let after_one = snapshot(&mut t);
     epoch(&mut t, &mut log, &mut go);
 
-    // A crash before the tensor file's rename, then one before the state's rename.
-    save_trainer_interrupted(&ckpt, &mut t, &run, Interruption::BeforeTensorsRename).unwrap();
-    save_trainer_interrupted(&ckpt, &mut t, &run, Interruption::BeforeStateRename).unwrap();
+    // What a crash before the tensor file's rename leaves (the new tensor file under its
+    // temporary name), then one before the state's rename (the next tensor file in place,
+    // the state not yet pointing to it): the files of a complete save, renamed as a save
+    // names them on the way.
+    let scratch = tmp.path().join("scratch");
+    save_trainer(&scratch, &mut t, &run).unwrap();
+    let written = scratch.join("model-000001.safetensors");
+    fs::copy(&written, ckpt.join("model-000002.safetensors.tmp")).unwrap();
+    fs::copy(&written, ckpt.join("model-000003.safetensors")).unwrap();
     // And a temporary file that a crash cut short.
     fs::write(ckpt.join("state.json.tmp"), b"{\"format\": \"fdfa-chec").unwrap();
     assert_eq!(
@@ -126,7 +132,7 @@ fn resuming_with_another_rule_network_or_setting_is_refused() {
     let ckpt = tmp.path().join("ckpt");
     let setup = Setup::new(RuleKind::Fdfa).epochs(1);
     let mut t = setup.trainer();
-    let mut log = CsvLog::open(&tmp.path().join("log.csv")).unwrap();
+    let mut log = CsvLog::open(tmp.path().join("log.csv")).unwrap();
     epoch(&mut t, &mut log, &mut go);
     let mut run = RunInfo::default();
     run.settings.insert("dataset".into(), "mnist".into());
@@ -187,14 +193,15 @@ fn resuming_with_another_rule_network_or_setting_is_refused() {
 }
 
 /// The file holds every tensor in PyTorch's layout, the optimizer's moments included: a
-/// `Linear` weight, which the layer stores as `Wᵀ`, is written `[out, in]` and so are its
-/// moments, transposed from the optimizer's own copy.
+/// `Linear` weight is written `[out, in]` and so are its moments. After one Adam step from
+/// zero moments (no weight decay), `exp_avg = (1 - beta1) g` exactly, so the moments in the
+/// file must be the gradient of PyTorch's layout, scaled, whatever layout the layer keeps.
 #[test]
 fn weights_and_their_moments_are_written_in_pytorch_layout() {
     let tmp = TempDir::new("layout");
     let mut t = Setup::new(RuleKind::Bp).epochs(1).trainer();
-    let mut log = CsvLog::open(&tmp.path().join("log.csv")).unwrap();
-    epoch(&mut t, &mut log, &mut go);
+    t.train_epoch(&super::mnist().0, &mut |_| std::ops::ControlFlow::Break(()))
+        .unwrap();
     let ckpt = tmp.path().join("ckpt");
     save_trainer(&ckpt, &mut t, &RunInfo::default()).unwrap();
     let file = fs::read_dir(&ckpt)
@@ -213,25 +220,11 @@ fn weights_and_their_moments_are_written_in_pytorch_layout() {
             .collect();
         (view.shape().to_vec(), values)
     };
-    let mut torch = Vec::new();
-    t.model.visit_state(&mut |name, state| {
-        if let StateMut::Param(p) = state {
-            torch.push((name.to_string(), p.value.clone()));
-        }
-    });
-    let mut stored = Vec::new();
-    t.model
-        .visit_params(&mut |name, p| stored.push((name.to_string(), p.value.shape().to_vec())));
-    let mut transposed = Vec::new();
-    t.model.visit_stored_state(&mut |name, _, flag| {
-        if flag {
-            transposed.push(name.to_string());
-        }
-    });
-    assert_eq!(stored.len(), t.forward_opt.states().len());
-    let mut flipped = 0;
-    for ((name, shape), moments) in stored.iter().zip(t.forward_opt.states()) {
-        let (_, value) = torch.iter().find(|(n, _)| n == name).unwrap();
+    let b1 = t.forward_optimizer().config().betas.0;
+    let mut matrices = 0;
+    t.model().visit_state(&mut |name, state| {
+        let State::Param(p) = state else { return };
+        let value = p.value();
         assert_eq!(
             read(name),
             (value.shape().to_vec(), value.data().to_vec()),
@@ -239,19 +232,13 @@ fn weights_and_their_moments_are_written_in_pytorch_layout() {
         );
         let (moment_shape, moment) = read(&format!("optim.forward.{name}.exp_avg"));
         assert_eq!(moment_shape, value.shape(), "{name}");
-        let want: Vec<f32> = if transposed.contains(name) {
-            flipped += 1;
-            assert_eq!(shape, &[value.shape()[1], value.shape()[0]], "{name}");
-            let (rows, cols) = (shape[0], shape[1]);
-            (0..rows * cols)
-                .map(|j| moments.exp_avg.data()[(j % rows) * cols + j / rows])
-                .collect()
-        } else {
-            moments.exp_avg.data().to_vec()
-        };
+        let want: Vec<f32> = p.grad().data().iter().map(|g| (1.0 - b1) * g).collect();
         assert_eq!(moment, want, "{name}");
-    }
+        let (exp_avg, _) = t.forward_optimizer().moments(name, &p).unwrap();
+        assert_eq!(exp_avg.data(), &want[..], "{name}");
+        matrices += usize::from(value.shape().len() == 2 && name.ends_with("weight"));
+    });
     // fc_hidden.0, fc_hidden.1 and fc_out.
-    assert_eq!(flipped, 3);
+    assert_eq!(matrices, 3);
     assert_eq!(read("fc_hidden.0.weight").0, vec![32, 784]);
 }

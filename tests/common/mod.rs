@@ -15,7 +15,9 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
-use fdfa::layers::{Layer, Param, StateMut};
+pub mod models;
+
+use fdfa::layers::{Layer, Param, ParamMut, State, StateMut};
 use fdfa::{Dual, Error, Tensor};
 
 /// Relative tolerance of a layer's analytic derivative against finite differences.
@@ -232,10 +234,10 @@ pub fn subset(len: usize, count: usize, seed: u64) -> Vec<usize> {
 // Parameters.
 
 /// The names of the layer's trainable parameters, in visiting order.
-pub fn param_names(layer: &mut dyn Layer) -> Vec<String> {
+pub fn param_names(layer: &dyn Layer) -> Vec<String> {
     let mut names = Vec::new();
     layer.visit_state(&mut |name, state| {
-        if let StateMut::Param(_) = state {
+        if let State::Param(_) = state {
             names.push(name.to_string());
         }
     });
@@ -246,10 +248,10 @@ pub fn param_names(layer: &mut dyn Layer) -> Vec<String> {
 ///
 /// # Panics
 /// When the layer has no such parameter.
-pub fn with_param<R>(layer: &mut dyn Layer, name: &str, f: impl FnOnce(&mut Param) -> R) -> R {
+pub fn with_param<R>(layer: &mut dyn Layer, name: &str, f: impl FnOnce(ParamMut<'_>) -> R) -> R {
     let mut f = Some(f);
     let mut out = None;
-    layer.visit_state(&mut |n, state| {
+    layer.visit_state_mut(&mut |n, state| {
         if let (true, StateMut::Param(p)) = (n == name, state) {
             out = f.take().map(|f| f(p));
         }
@@ -257,12 +259,16 @@ pub fn with_param<R>(layer: &mut dyn Layer, name: &str, f: impl FnOnce(&mut Para
     out.unwrap_or_else(|| panic!("{}: no parameter `{name}`", layer.name()))
 }
 
-/// A copy of the parameter `name`.
+/// A copy of the parameter `name` (value and gradient) in PyTorch's layout.
 pub fn param(layer: &mut dyn Layer, name: &str) -> Param {
-    with_param(layer, name, |p| p.clone())
+    with_param(layer, name, |p| Param {
+        value: p.value().into_owned(),
+        grad: p.grad().into_owned(),
+    })
 }
 
-/// A random direction for every parameter of the layer (seeds `seed, seed + 1, ...`).
+/// A random direction for every parameter of the layer (seeds `seed, seed + 1, ...`), in
+/// PyTorch's layout.
 pub fn param_directions(layer: &mut dyn Layer, seed: u64) -> Vec<(String, Tensor)> {
     let names = param_names(layer);
     names
@@ -275,20 +281,45 @@ pub fn param_directions(layer: &mut dyn Layer, seed: u64) -> Vec<(String, Tensor
         .collect()
 }
 
-/// Sets (or clears, for an empty slice) the parameter tangents.
-pub fn set_param_tangents(layer: &mut dyn Layer, dirs: &[(String, Tensor)]) {
-    for name in param_names(layer) {
-        with_param(layer, &name, |p| p.tangent = None);
+/// A training forward whose tangents also carry the JVP along the parameter directions
+/// `param_dirs` (PyTorch's layout; parameters not named get none), through
+/// [`Layer::add_param_jvp`].
+pub fn forward_with<L: Layer + Clone>(
+    l: &mut L,
+    input: &Dual,
+    param_dirs: &[(String, Tensor)],
+    out: &mut Dual,
+) -> fdfa::Result<()> {
+    l.forward(input, out)?;
+    if param_dirs.is_empty() {
+        return Ok(());
     }
-    for (name, d) in dirs {
-        with_param(layer, name, |p| p.tangent = Some(d.clone()));
-    }
+    // The layer's own views translate PyTorch's layout into its storage order: write each
+    // direction as the value of a scratch copy and read it back in storage order.
+    let mut scratch = l.clone();
+    let mut v = Vec::new();
+    scratch.visit_state_mut(&mut |name, state| {
+        if let StateMut::Param(mut p) = state {
+            let zero = Tensor::zeros(&p.shape());
+            let d = param_dirs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(&zero, |(_, d)| d);
+            p.set_value(d).unwrap();
+            v.push(p.storage_mut().0.to_vec());
+        }
+    });
+    let v: Vec<&[f32]> = v.iter().map(Vec::as_slice).collect();
+    l.add_param_jvp(input.primal(), &v, out)
 }
 
 /// Moves every parameter `name` by `t * d` for `(name, d)` in `dirs`.
 pub fn shift_params(layer: &mut dyn Layer, t: f64, dirs: &[(String, Tensor)]) {
     for (name, d) in dirs {
-        with_param(layer, name, |p| p.value = axpy(&p.value, t, d));
+        with_param(layer, name, |mut p| {
+            let v = axpy(&p.value(), t, d);
+            p.set_value(&v).unwrap()
+        });
     }
 }
 
@@ -299,7 +330,6 @@ pub fn shift_params(layer: &mut dyn Layer, t: f64, dirs: &[(String, Tensor)]) {
 /// that BatchNorm recomputes its batch statistics at every evaluation.
 pub fn train_primal<L: Layer + Clone>(layer: &L, x: &Tensor) -> Tensor {
     let mut l = layer.clone();
-    set_param_tangents(&mut l, &[]);
     let mut y = Dual::default();
     l.forward(&Dual::new(x.clone()), &mut y).unwrap();
     assert!(y.tangent().is_none());
@@ -319,9 +349,8 @@ pub fn check_jvp<L: Layer + Clone>(
     h: f64,
 ) {
     let mut l = layer.clone();
-    set_param_tangents(&mut l, param_dirs);
     let mut y = Dual::default();
-    l.forward(&dual(x, dirs), &mut y).unwrap();
+    forward_with(&mut l, &dual(x, dirs), param_dirs, &mut y).unwrap();
     let k = if param_dirs.is_empty() {
         dirs.len()
     } else {
@@ -362,13 +391,12 @@ pub fn gradients<L: Layer + Clone>(
     r: &Tensor,
 ) -> (Tensor, Vec<(String, Tensor)>) {
     let mut l = layer.clone();
-    set_param_tangents(&mut l, &[]);
     let mut y = Dual::default();
     l.forward(&Dual::new(x.clone()), &mut y).unwrap();
     let mut gx = Tensor::default();
     l.backward(x, y.primal(), r, Some(&mut gx)).unwrap();
     assert_eq!(gx.shape(), x.shape(), "{}: input gradient shape", l.name());
-    let grads = param_names(&mut l)
+    let grads = param_names(&l)
         .into_iter()
         .map(|n| {
             let g = param(&mut l, &n).grad;
@@ -469,10 +497,9 @@ fn adjoint_once<L: Layer + Clone>(
     r_seed: u64,
 ) {
     let mut l = layer.clone();
-    set_param_tangents(&mut l, param_dirs);
     let mut y = Dual::default();
     let dirs: Vec<Tensor> = v.into_iter().cloned().collect();
-    l.forward(&dual(x, &dirs), &mut y).unwrap();
+    forward_with(&mut l, &dual(x, &dirs), param_dirs, &mut y).unwrap();
     assert_eq!(y.directions(), 1, "{name}: one output tangent");
     let r = randn(y.primal().shape(), r_seed);
     let jv = y.tangent().unwrap();
@@ -518,9 +545,8 @@ pub fn check_per_sample<L: Layer + Clone>(
 ) {
     let n = x.batch();
     let mut l = layer.clone();
-    set_param_tangents(&mut l, param_dirs);
     let mut y = Dual::default();
-    l.forward(&dual(x, dirs), &mut y).unwrap();
+    forward_with(&mut l, &dual(x, dirs), param_dirs, &mut y).unwrap();
     let r = randn(y.primal().shape(), 99);
     let mut gx = Tensor::default();
     l.backward(x, y.primal(), &r, Some(&mut gx)).unwrap();
@@ -532,9 +558,8 @@ pub fn check_per_sample<L: Layer + Clone>(
         let xi = sample(x, i);
         let di: Vec<Tensor> = dirs.iter().map(|d| sample(d, i)).collect();
         let mut li = layer.clone();
-        set_param_tangents(&mut li, param_dirs);
         let mut yi = Dual::default();
-        li.forward(&dual(&xi, &di), &mut yi).unwrap();
+        forward_with(&mut li, &dual(&xi, &di), param_dirs, &mut yi).unwrap();
         assert_bits_eq(
             &format!("{name}: primal of sample {i}"),
             yi.primal().data(),
@@ -579,18 +604,20 @@ pub fn check_buffer_reuse<L: Layer + Clone>(
 ) {
     let run = |y: &mut Dual, gx: &mut Tensor, nan_grads: bool| {
         let mut l = layer.clone();
-        set_param_tangents(&mut l, param_dirs);
         if nan_grads {
-            for n in param_names(&mut l) {
-                with_param(&mut l, &n, |p| {
-                    p.grad = Tensor::from_vec(&[3], vec![f32::NAN; 3]).unwrap()
+            for n in param_names(&l) {
+                with_param(&mut l, &n, |mut p| {
+                    let shape = p.shape();
+                    let len = shape.iter().product();
+                    p.set_grad(&Tensor::from_vec(&shape, vec![f32::NAN; len]).unwrap())
+                        .unwrap()
                 });
             }
         }
-        l.forward(&dual(x, dirs), y).unwrap();
+        forward_with(&mut l, &dual(x, dirs), param_dirs, y).unwrap();
         let r = randn(y.primal().shape(), 77);
         l.backward(x, y.primal(), &r, Some(gx)).unwrap();
-        let grads: Vec<Tensor> = param_names(&mut l)
+        let grads: Vec<Tensor> = param_names(&l)
             .iter()
             .map(|n| param(&mut l, n).grad)
             .collect();
@@ -650,7 +677,6 @@ pub fn check_buffer_reuse<L: Layer + Clone>(
     }
 
     let mut l = layer.clone();
-    set_param_tangents(&mut l, &[]);
     l.forward(&Dual::new(x.clone()), &mut y).unwrap();
     assert!(
         y.tangent().is_none(),

@@ -32,10 +32,15 @@ fn configured(
     };
     let mut l = f(config.with_name("bn")).init().unwrap();
     let ones = Tensor::from_vec(&[c], vec![1.0; c]).unwrap();
-    l.weight.value = axpy(&ones, 0.5, &randn(&[c], seed));
-    l.bias.value = randn(&[c], seed + 1);
-    l.running_mean = randn(&[c], seed + 2);
-    l.running_var = axpy(&ones, 0.5, &uniform(&[c], 1.0, seed + 3));
+    l.set("weight", &axpy(&ones, 0.5, &randn(&[c], seed)))
+        .unwrap();
+    l.set("bias", &randn(&[c], seed + 1)).unwrap();
+    l.set("running_mean", &randn(&[c], seed + 2)).unwrap();
+    l.set(
+        "running_var",
+        &axpy(&ones, 0.5, &uniform(&[c], 1.0, seed + 3)),
+    )
+    .unwrap();
     l
 }
 
@@ -86,10 +91,7 @@ fn normalise(x: &Tensor, mean: &[f64], var: &[f64], l: &BatchNorm) -> Vec<f64> {
         .enumerate()
         .map(|(idx, &v)| {
             let ch = (idx / s) % c;
-            let (g, b) = (
-                l.weight.value.data()[ch] as f64,
-                l.bias.value.data()[ch] as f64,
-            );
+            let (g, b) = (l.weight().data()[ch] as f64, l.bias().data()[ch] as f64);
             g * (v as f64 - mean[ch]) / (var[ch] + eps).sqrt() + b
         })
         .collect()
@@ -180,7 +182,7 @@ fn running_statistics_follow_the_momentum_update() {
         for momentum in [0.1f32, 0.3, 0.0, 1.0] {
             let name = format!("{} momentum {momentum}", describe(shape));
             let mut l = configured(shape, 460 + t as u64, |c| c.with_momentum(momentum));
-            let (old_mean, old_var) = (to_f64(&l.running_mean), to_f64(&l.running_var));
+            let (old_mean, old_var) = (to_f64(l.running_mean()), to_f64(l.running_var()));
             let x = input(shape, 470 + t as u64);
             let (mean, var) = batch_stats(&x);
             let s: usize = shape[2..].iter().product();
@@ -200,24 +202,24 @@ fn running_statistics_follow_the_momentum_update() {
                 .unwrap();
             assert_close_f64(
                 &format!("{name}: running_mean"),
-                &to_f64(&l.running_mean),
+                &to_f64(l.running_mean()),
                 &want_mean,
                 1e-6,
                 1e-6,
             );
             assert_close_f64(
                 &format!("{name}: running_var"),
-                &to_f64(&l.running_var),
+                &to_f64(l.running_var()),
                 &want_var,
                 1e-6,
                 1e-6,
             );
-            assert_eq!(l.num_batches_tracked, 1, "{name}: num_batches_tracked");
+            assert_eq!(l.num_batches_tracked(), 1, "{name}: num_batches_tracked");
 
             let x2 = input(shape, 480 + t as u64);
             let mut y = Tensor::default();
             l.infer(&x2, &mut y).unwrap();
-            let want = normalise(&x2, &to_f64(&l.running_mean), &to_f64(&l.running_var), &l);
+            let want = normalise(&x2, &to_f64(l.running_mean()), &to_f64(l.running_var()), &l);
             assert_close_f64(
                 &format!("{name}: inference after the update"),
                 &to_f64(&y),
@@ -238,7 +240,7 @@ fn inference_uses_running_statistics() {
         let x = input(shape, 500 + t as u64);
         let mut y = Tensor::default();
         l.infer(&x, &mut y).unwrap();
-        let want = normalise(&x, &to_f64(&l.running_mean), &to_f64(&l.running_var), &l);
+        let want = normalise(&x, &to_f64(l.running_mean()), &to_f64(l.running_var()), &l);
         assert_close_f64(&describe(shape), &to_f64(&y), &want, 1e-5, 1e-5);
         for i in 0..x.batch() {
             let mut yi = Tensor::default();
@@ -259,15 +261,15 @@ fn inference_uses_running_statistics() {
 fn training_with_one_value_per_channel_is_an_error() {
     for shape in [&[1usize, 4][..], &[1, 3, 1, 1]] {
         let mut l = layer(shape, 510);
-        let before = (l.running_mean.clone(), l.running_var.clone());
+        let before = (l.running_mean().clone(), l.running_var().clone());
         let x = input(shape, 511);
         assert_shape_error(
             l.forward(&Dual::new(x.clone()), &mut Dual::default()),
             "bn",
             shape,
         );
-        assert_eq!((l.running_mean.clone(), l.running_var.clone()), before);
-        assert_eq!(l.num_batches_tracked, 0);
+        assert_eq!((l.running_mean().clone(), l.running_var().clone()), before);
+        assert_eq!(l.num_batches_tracked(), 0);
         let mut y = Tensor::default();
         l.infer(&x, &mut y).unwrap();
         assert!(y.is_finite());
@@ -326,7 +328,7 @@ fn large_eps_is_honoured() {
         check_adjoint(&name, &l, &x, 593, true);
         let mut y = Tensor::default();
         l.infer(&x, &mut y).unwrap();
-        let want = normalise(&x, &to_f64(&l.running_mean), &to_f64(&l.running_var), &l);
+        let want = normalise(&x, &to_f64(l.running_mean()), &to_f64(l.running_var()), &l);
         assert_close_f64(&format!("{name} inference"), &to_f64(&y), &want, 1e-5, 1e-5);
     }
 }

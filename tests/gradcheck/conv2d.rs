@@ -54,13 +54,13 @@ fn naive(x: &Tensor, l: &Conv2d) -> (Vec<usize>, Vec<f64>) {
     let (k, s, p) = (c.kernel, c.stride, c.padding);
     let oh = (h + 2 * p - k) / s + 1;
     let ow = (w + 2 * p - k) / s + 1;
-    let wt = l.weight.value.data();
+    let wt = l.weight().data();
     let mut y = Vec::with_capacity(n * c.c_out * oh * ow);
     for i in 0..n {
         for o in 0..c.c_out {
             for oy in 0..oh {
                 for ox in 0..ow {
-                    let mut acc = l.bias.as_ref().map_or(0.0, |b| b.value.data()[o] as f64);
+                    let mut acc = l.bias().map_or(0.0, |b| b.data()[o] as f64);
                     for ch in 0..ci {
                         for ky in 0..k {
                             for kx in 0..k {

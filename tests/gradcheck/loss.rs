@@ -179,9 +179,27 @@ fn bad_targets_and_shapes_are_errors() {
         );
         r.unwrap_err().to_string()
     };
-    let msg = shape_error(cross_entropy(&logits, &[0, 3], &mut e));
-    assert!(msg.contains("target 3"), "{msg}");
-    assert!(evaluate(&logits, &[0, 3]).is_err());
+    // An out-of-range label is not a shape error: it has its own kind, naming the label,
+    // its sample and the number of classes.
+    let r = cross_entropy(&logits, &[0, 3], &mut e);
+    assert!(
+        matches!(
+            r,
+            Err(Error::LabelOutOfRange {
+                label: 3,
+                index: 1,
+                classes: 3,
+                ..
+            })
+        ),
+        "{r:?}"
+    );
+    let msg = r.unwrap_err().to_string();
+    assert!(msg.contains("label 3 of sample 1"), "{msg}");
+    assert!(matches!(
+        evaluate(&logits, &[0, 3]),
+        Err(Error::LabelOutOfRange { .. })
+    ));
     shape_error(cross_entropy(&logits, &[0], &mut e));
     shape_error(cross_entropy(&Tensor::zeros(&[2, 3, 1]), &[0, 1], &mut e));
     shape_error(cross_entropy(&Tensor::zeros(&[0, 3]), &[], &mut e));

@@ -3,10 +3,7 @@
 
 use std::fs;
 
-use fdfa::train::checkpoint::{
-    CheckpointLock, Interruption, RunInfo, load_trainer, remove_temporaries,
-    save_trainer_interrupted,
-};
+use fdfa::train::checkpoint::{CheckpointLock, load_trainer, remove_temporaries};
 
 use super::{TempDir, names, saved, trainer};
 
@@ -38,9 +35,13 @@ fn temporaries_of_interrupted_saves_are_removed_under_the_lock() {
     let tmp = TempDir::new("temporaries");
     let dir = tmp.path().join("ckpt");
     saved(&dir, 1);
-    let mut t = trainer(1);
-    let run = RunInfo::default();
-    save_trainer_interrupted(&dir, &mut t, &run, Interruption::BeforeTensorsRename).unwrap();
+    // What a save killed before its rename leaves: the next generation's partial tensors.
+    let whole = fs::read(dir.join("model-000001.safetensors")).unwrap();
+    fs::write(
+        dir.join("model-000002.safetensors.tmp"),
+        &whole[..whole.len() / 2],
+    )
+    .unwrap();
     fs::write(dir.join("state.json.tmp"), b"{\"format\": \"fdfa").unwrap();
     fs::write(dir.join("notes.txt.tmp"), b"not ours").unwrap();
     let lock = CheckpointLock::acquire(&dir).unwrap();

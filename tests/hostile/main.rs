@@ -64,15 +64,13 @@ pub fn trainer(layers: usize) -> Trainer {
     let mut rng = fdfa::init::rng(5);
     let model = fdfa::model::fc(&[1, 28, 28], layers, 16, 10, &mut rng).unwrap();
     let rule = RuleKind::Fdfa.build(&model, 1, &mut rng).unwrap();
-    let config = TrainConfig {
-        batch_size: 32,
-        test_batch_size: 64,
-        epochs: 2,
-        lr: 1e-3,
-        b_lr: 1e-3,
-        seed: 5,
-        ..TrainConfig::default()
-    };
+    let config = TrainConfig::default()
+        .with_batch_size(32)
+        .with_test_batch_size(64)
+        .with_epochs(2)
+        .with_lr(1e-3)
+        .with_b_lr(1e-3)
+        .with_seed(5);
     Trainer::new(model, rule, config).unwrap()
 }
 

@@ -28,8 +28,11 @@ fn refusal(dir: &Path, layers: usize) -> Error {
 /// Every parameter value of a trainer, to tell whether a load changed it.
 fn fdfa_state(t: &mut fdfa::train::Trainer) -> Vec<f32> {
     let mut all = Vec::new();
-    t.model
-        .visit_params(&mut |_, p| all.extend_from_slice(p.value.data()));
+    t.model().visit_state(&mut |_, s| {
+        if let fdfa::layers::State::Param(p) = s {
+            all.extend_from_slice(p.value().data());
+        }
+    });
     all
 }
 

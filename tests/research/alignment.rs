@@ -3,11 +3,12 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use fdfa::data::{DataSource, Dataset, load_mnist};
-use fdfa::diagnostics::{LayerAlignment, MeasureConfig, batch_jacobians, measure};
+use fdfa::diagnostics::{AlignmentProbe, LayerAlignment, MeasureConfig, batch_jacobians, measure};
 use fdfa::init::rng;
-use fdfa::layers::StateMut;
+use fdfa::layers::State;
 use fdfa::model::{Model, fc};
 use fdfa::rules::{Fdfa, LearningRule, RuleKind};
 use fdfa::train::{TrainConfig, Trainer};
@@ -48,7 +49,7 @@ fn batch_jacobian_matches_forward_mode_through_batch_norm() -> Result<()> {
         let mut rule = Fdfa::new(&model);
         rule.step_with_directions(&mut model, &x, &targets, &directions)?;
         let forward: Vec<f32> = rule.feedback().map_or(vec![], |f| {
-            f.matrices[l]
+            f.matrices()[l]
                 .grad
                 .data()
                 .iter()
@@ -69,13 +70,12 @@ fn batch_jacobian_matches_forward_mode_through_batch_norm() -> Result<()> {
     for i in 0..n {
         cotangent.data_mut()[i * classes] = 1.0 / n as f32;
     }
-    let mut common = Vec::new();
-    model.backward_to_points(&cotangent, &mut |l, g| {
-        if l == 0 {
-            common = g.data().to_vec();
-        }
-        Ok(())
-    })?;
+    // Backpropagation from the logits down to h_0, the input of block 1.
+    let mut g = cotangent;
+    for b in (1..model.blocks().len()).rev() {
+        g = model.backward_block(b, &g, true)?.unwrap().clone();
+    }
+    let common = g.data().to_vec();
     let d = model.feedback_points()[0].features();
     let column_sum: f32 = (0..d)
         .map(|f| (0..n).map(|i| common[i * d + f]).sum::<f32>().abs())
@@ -92,16 +92,16 @@ fn batch_jacobian_matches_forward_mode_through_batch_norm() -> Result<()> {
 fn state(model: &mut Model, rule: &mut dyn LearningRule) -> Vec<Vec<f32>> {
     let mut out = Vec::new();
     model.visit_state(&mut |_, s| match s {
-        StateMut::Param(p) => {
-            out.push(p.value.data().to_vec());
-            out.push(p.grad.data().to_vec());
+        State::Param(p) => {
+            out.push(p.value().data().to_vec());
+            out.push(p.grad().data().to_vec());
         }
-        StateMut::Buffer(t) => out.push(t.data().to_vec()),
-        StateMut::Counter(c) => out.push(vec![*c as f32]),
+        State::Buffer(t) => out.push(t.data().to_vec()),
+        State::Counter(c) => out.push(vec![c as f32]),
     });
     rule.visit_learned(&mut |_, p| {
-        out.push(p.value.data().to_vec());
-        out.push(p.grad.data().to_vec());
+        out.push(p.value().data().to_vec());
+        out.push(p.grad().data().to_vec());
     });
     out
 }
@@ -120,18 +120,31 @@ fn measuring_does_not_change_training() -> Result<()> {
             let mut r = rng(3);
             let model = fc(&[2, 3, 3], 2, 10, 4, &mut r)?;
             let rule = kind.build(&model, 2, &mut r)?;
-            let config = TrainConfig {
-                batch_size: 8,
-                epochs: 2,
-                ..TrainConfig::default()
-            };
+            let config = TrainConfig::default().with_batch_size(8).with_epochs(2);
             let mut trainer = Trainer::new(model, rule, config)?;
+            let measured = Arc::new(Mutex::new(AlignmentProbe::new(
+                2,
+                MeasureConfig::default(),
+            )?));
             if probe {
-                trainer.measure_alignment(2, MeasureConfig::default())?;
+                let hook = measured.clone();
+                trainer.set_before_step(Some(Box::new(move |mut step| {
+                    let position = (step.epoch, step.batch, step.batches);
+                    let mut probe = hook.lock().unwrap();
+                    probe.observe(
+                        step.model,
+                        step.rule,
+                        step.x,
+                        step.targets,
+                        position,
+                        &mut step.rng,
+                    )
+                })));
             }
             let records = trainer.fit(&data, &data, &mut |_| ControlFlow::Continue(()))?;
-            let rows = trainer.take_alignment();
-            let end = state(&mut trainer.model, trainer.rule.as_mut());
+            let rows = measured.lock().unwrap().take_rows();
+            let (model, rule) = trainer.parts_mut();
+            let end = state(model, rule);
             runs.push((records, end, trainer.progress().clone(), rows));
         }
         let (with, without) = (runs.pop(), runs.pop());
@@ -164,10 +177,7 @@ fn mnist_alignment(kind: RuleKind, samples: usize) -> Result<Vec<LayerAlignment>
     let mut r = rng(1);
     let model = fc(&[1, 28, 28], 2, 800, 10, &mut r)?;
     let rule = kind.build(&model, 1, &mut r)?;
-    let config = TrainConfig {
-        epochs: 1,
-        ..TrainConfig::default()
-    };
+    let config = TrainConfig::default().with_epochs(1);
     let mut trainer = Trainer::new(model, rule, config)?;
     trainer.train_epoch(&train, &mut |_| ControlFlow::Continue(()))?;
     let config = MeasureConfig {
@@ -181,7 +191,7 @@ fn mnist_alignment(kind: RuleKind, samples: usize) -> Result<Vec<LayerAlignment>
         let mut x = Tensor::zeros(&[64, 1, 28, 28]);
         let mut targets = vec![0; 64];
         test.fill_batch(&indices, 0, x.data_mut(), &mut targets)?;
-        let (model, rule) = (&mut trainer.model, trainer.rule.as_mut());
+        let (model, rule) = trainer.parts_mut();
         let layers = measure(model, rule, &x, &targets, &mut rng(99), &config)?;
         if mean.is_empty() {
             mean = layers.iter().map(|l| scaled(l, 0.0)).collect();

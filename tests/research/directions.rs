@@ -27,15 +27,15 @@ fn batch(n: usize, r: &mut Rng) -> (Tensor, Vec<usize>) {
 /// Every feedback matrix's gradient, concatenated.
 fn feedback_grads(rule: &mut dyn LearningRule) -> Vec<f64> {
     let mut out = Vec::new();
-    rule.visit_learned(&mut |_, p| out.extend(p.grad.data().iter().map(|&v| f64::from(v))));
+    rule.visit_learned(&mut |_, p| out.extend(p.grad().data().iter().map(|&v| f64::from(v))));
     out
 }
 
 /// Sets every feedback matrix to small random values so that the hidden blocks get a signal.
 fn randomise_feedback(rule: &mut dyn LearningRule, r: &mut Rng) {
-    rule.visit_learned(&mut |_, p| {
-        let t = normal(p.value.shape(), r);
-        p.value.data_mut().copy_from_slice(t.data());
+    rule.visit_learned(&mut |_, mut p| {
+        let t = normal(&p.shape(), r);
+        p.set_value(&t).unwrap();
     });
 }
 

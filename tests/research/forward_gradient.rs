@@ -113,10 +113,12 @@ fn fga_statistics(width: usize, draws: usize) -> Result<(usize, f64, f64)> {
     let mut logits_grad = fdfa::Tensor::default();
     cross_entropy(model.output()?.primal(), &targets, &mut logits_grad)?;
     let mut per_sample = 0.0;
-    model.backward_to_points(&logits_grad, &mut |_, g| {
+    // Backpropagation block by block: the input gradient of block `b` is that of h_{b-1}.
+    let mut g = logits_grad;
+    for b in (1..model.blocks().len()).rev() {
+        g = model.backward_block(b, &g, true)?.unwrap().clone();
         per_sample += g.data().iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
-        Ok(())
-    })?;
+    }
     let mut rule = ForwardGradientActivity::new();
     let (mut mean, mut spread) = (Spread::default(), Spread::default());
     for _ in 0..draws {

@@ -10,7 +10,7 @@ mod forward_gradient;
 mod plot;
 
 use fdfa::init::{Rng, fill_normal};
-use fdfa::layers::{Layer, LinearConfig, Relu};
+use fdfa::layers::{Layer, LinearConfig, Relu, State};
 use fdfa::model::Model;
 use fdfa::{Result, Tensor};
 
@@ -41,16 +41,20 @@ pub fn normal(shape: &[usize], rng: &mut Rng) -> Tensor {
 /// Every parameter's gradient, concatenated in visiting order, in `f64`.
 pub fn grads(model: &mut Model) -> Vec<f64> {
     let mut out = Vec::new();
-    model.visit_params(&mut |_, p| out.extend(p.grad.data().iter().map(|&v| f64::from(v))));
+    model.visit_state(&mut |_, s| {
+        if let State::Param(p) = s {
+            out.extend(p.grad().data().iter().map(|&v| f64::from(v)));
+        }
+    });
     out
 }
 
 /// The gradients of the parameters whose names `keep` accepts, concatenated, in `f64`.
 pub fn grads_of(model: &mut Model, keep: &dyn Fn(&str) -> bool) -> Vec<f64> {
     let mut out = Vec::new();
-    model.visit_params(&mut |name, p| {
-        if keep(name) {
-            out.extend(p.grad.data().iter().map(|&v| f64::from(v)));
+    model.visit_state(&mut |name, s| {
+        if let (true, State::Param(p)) = (keep(name), s) {
+            out.extend(p.grad().data().iter().map(|&v| f64::from(v)));
         }
     });
     out

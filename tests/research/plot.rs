@@ -29,7 +29,7 @@ fn write_run(dir: &Path, mode: &str, offset: f64, measured: bool) -> fdfa::Resul
         })?;
     }
     if measured {
-        let mut alignment = AlignmentLog::open(&alignment_log_path(&path))?;
+        let mut alignment = AlignmentLog::open(alignment_log_path(&path))?;
         let mut rows = Vec::new();
         for epoch in 1..=3 {
             for batch in [100, 200] {

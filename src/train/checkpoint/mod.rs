@@ -50,7 +50,7 @@
 //!     let mut rng = fdfa::init::rng(0);
 //!     let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
 //!     let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
-//!     Trainer::new(model, rule, TrainConfig { batch_size: 16, epochs, ..TrainConfig::default() })
+//!     Trainer::new(model, rule, TrainConfig::default().with_batch_size(16).with_epochs(epochs))
 //! };
 //! let go = &mut |_: &_| ControlFlow::Continue(());
 //! let dir = std::env::temp_dir().join(format!("fdfa-doc-ckpt-{}", std::process::id()));
@@ -90,11 +90,11 @@ use tensor_file::{Header, Item, Tensors, Wanted, bad};
 use super::atomic::{TMP_SUFFIX, sync_dir, write_atomic};
 use super::{Progress, Trainer};
 use crate::error::{Error, Result};
-use crate::layers::StateMut;
+use crate::layers::{State, StateMut};
 use crate::model::Model;
-use crate::optim::{Adam, AdamState};
+use crate::optim::{Adam, AdamState, Parameters};
+use crate::rules::Learned;
 use crate::tensor::Tensor;
-use crate::tensor::transpose_into;
 
 /// The file of a checkpoint folder that holds everything but the tensors.
 pub const STATE_FILE: &str = "state.json";
@@ -164,57 +164,32 @@ impl RunInfo {
     }
 }
 
-/// Where an interrupted save stops (for tests of crash safety).
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Interruption {
-    /// The new tensor file is written and synced, not renamed.
-    BeforeTensorsRename,
-    /// The tensor file is in place; the new `state.json` is written and synced, not renamed.
-    BeforeStateRename,
-}
-
 /// Yields a model's state to a tensor-file visitor, in PyTorch's layout.
-fn visit_model(model: &mut Model, f: &mut dyn FnMut(&str, Item<'_>)) {
-    model.visit_stored_state(&mut |name, state, transposed| match state {
-        StateMut::Param(p) if transposed => f(name, Item::F32(&p.value.transposed())),
-        StateMut::Param(p) => f(name, Item::F32(&p.value)),
-        StateMut::Buffer(t) => f(name, Item::F32(t)),
-        StateMut::Counter(c) => f(name, Item::Counter(*c)),
+fn visit_model(model: &Model, f: &mut dyn FnMut(&str, Item<'_>)) {
+    model.visit_state(&mut |name, state| match state {
+        State::Param(p) => f(name, Item::F32(&p.value())),
+        State::Buffer(t) => f(name, Item::F32(t)),
+        State::Counter(c) => f(name, Item::Counter(c)),
     });
 }
 
-/// Yields an optimizer's moments under `prefix`, in the PyTorch layout of their parameters:
-/// those of a parameter stored transposed (`flipped`) are transposed on the way.
+/// Yields an optimizer's moments under `prefix`, in the visiting order of its parameter
+/// group and in the PyTorch layout of each parameter.
 fn visit_moments(
     prefix: &str,
-    names: &[Spec],
-    flipped: &[bool],
+    params: &mut dyn Parameters,
     adam: &Adam,
     f: &mut dyn FnMut(&str, Item<'_>),
 ) {
-    for ((spec, &flip), s) in names.iter().zip(flipped).zip(adam.states()) {
-        for (suffix, moment) in [("exp_avg", &s.exp_avg), ("exp_avg_sq", &s.exp_avg_sq)] {
-            let name = format!("{prefix}{}.{suffix}", spec.name);
-            if flip {
-                f(&name, Item::F32(&moment.transposed()));
-            } else {
-                f(&name, Item::F32(moment));
-            }
-        }
-    }
-}
-
-/// Which parameters of the forward group are stored as the transpose of their PyTorch
-/// layout, as [`Model::visit_stored_state`] flags them.
-fn flipped(model: &mut Model, group: &[Spec]) -> Vec<bool> {
-    let mut transposed = Vec::new();
-    model.visit_stored_state(&mut |name, _, flag| {
-        if flag {
-            transposed.push(name.to_string());
+    params.visit_params(&mut |name, p| {
+        if let Some((exp_avg, exp_avg_sq)) = adam.moments(name, &p.view()) {
+            f(&format!("{prefix}{name}.exp_avg"), Item::F32(&exp_avg));
+            f(
+                &format!("{prefix}{name}.exp_avg_sq"),
+                Item::F32(&exp_avg_sq),
+            );
         }
     });
-    group.iter().map(|s| transposed.contains(&s.name)).collect()
 }
 
 /// Saves a model's state (parameters, buffers, counters) to the safetensors file `path`,
@@ -229,7 +204,7 @@ fn flipped(model: &mut Model, group: &[Spec]) -> Vec<bool> {
 /// let path = std::env::temp_dir().join(format!("fdfa-doc-model-{}.safetensors", std::process::id()));
 /// let mut a = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut fdfa::init::rng(1))?;
 /// let mut b = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut fdfa::init::rng(2))?;
-/// save_model(&path, &mut a)?;
+/// save_model(&path, &a)?;
 /// load_model(&path, &mut b)?;
 /// let x = fdfa::Tensor::zeros(&[1, 1, 4, 4]);
 /// assert_eq!(a.infer(&x)?.data(), b.infer(&x)?.data());
@@ -237,8 +212,28 @@ fn flipped(model: &mut Model, group: &[Spec]) -> Vec<bool> {
 /// # Ok(())
 /// # }
 /// ```
-pub fn save_model(path: &Path, model: &mut Model) -> Result<()> {
-    tensor_file::write(path, true, &mut |f| visit_model(model, f)).map(drop)
+pub fn save_model(path: impl AsRef<Path>, model: &Model) -> Result<()> {
+    check_unique_names(model)?;
+    tensor_file::write(path.as_ref(), true, &mut |f| visit_model(model, f)).map(drop)
+}
+
+/// A tensor file maps names to tensors: two tensors under one name cannot be saved.
+fn check_unique_names(model: &Model) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicate = None;
+    model.visit_state(&mut |name, _| {
+        if !seen.insert(name.to_string()) && duplicate.is_none() {
+            duplicate = Some(name.to_string());
+        }
+    });
+    match duplicate {
+        None => Ok(()),
+        Some(name) => Err(Error::config(
+            "model",
+            "names",
+            format!("two tensors are named `{name}`; give the layers distinct names"),
+        )),
+    }
 }
 
 /// Loads a model's state from the safetensors file `path` (as [`save_model`] or PyTorch's
@@ -253,7 +248,8 @@ pub fn save_model(path: &Path, model: &mut Model) -> Result<()> {
 /// than a regular file, a file that is not valid safetensors (truncated, too long, a
 /// corrupt header) and for a tensor of the model that is missing, has another dtype or
 /// shape, or holds a non-finite value (or a negative running variance), naming the tensor.
-pub fn load_model(path: &Path, model: &mut Model) -> Result<()> {
+pub fn load_model(path: impl AsRef<Path>, model: &mut Model) -> Result<()> {
+    let path = path.as_ref();
     let specs = model_specs(model);
     let tensors = Header::open(path)?.read_some(&wanted(path, &specs)?)?;
     let staged = stage(&tensors, &specs)?;
@@ -281,14 +277,12 @@ fn stage(tensors: &Tensors, specs: &[Spec]) -> Result<Vec<Staged>> {
 /// the model.
 fn apply_model(model: &mut Model, staged: Vec<Staged>) {
     let mut staged = staged.into_iter();
-    model.visit_stored_state(&mut |_, state, transposed| match (state, staged.next()) {
-        (StateMut::Param(p), Some(Staged::F32(v))) if transposed => {
-            // Stored `[in, out]`: the file's `[out, in]` is `[cols, rows]` of it.
-            let (rows, cols) = (p.value.batch(), p.value.row_len());
-            transpose_into(&v, cols, rows, p.value.data_mut());
+    model.visit_state_mut(&mut |_, state| match (state, staged.next()) {
+        (StateMut::Param(mut p), Some(Staged::F32(v))) => {
+            let ok = Tensor::from_vec(&p.shape(), v).and_then(|t| p.set_value(&t));
+            debug_assert!(ok.is_ok(), "staged values have the model's shapes");
         }
-        (StateMut::Param(p), Some(Staged::F32(v))) => p.value.data_mut().copy_from_slice(&v),
-        (StateMut::Buffer(t), Some(Staged::F32(v))) => t.data_mut().copy_from_slice(&v),
+        (StateMut::Buffer(mut t), Some(Staged::F32(v))) => t.data_mut().copy_from_slice(&v),
         (StateMut::Counter(c), Some(Staged::Counter(v))) => *c = v,
         _ => debug_assert!(false, "staged values follow the model's order"),
     });
@@ -301,40 +295,18 @@ fn apply_model(model: &mut Model, staged: Vec<Staged>) {
 /// # Errors
 /// [`Error::Io`] when a file cannot be written; [`Error::NonFinite`] when the running loss
 /// or an epoch record is not finite (JSON cannot hold it).
-pub fn save_trainer(dir: &Path, trainer: &mut Trainer, run: &RunInfo) -> Result<()> {
-    save(dir, trainer, run, None)
+pub fn save_trainer(dir: impl AsRef<Path>, trainer: &mut Trainer, run: &RunInfo) -> Result<()> {
+    save(dir.as_ref(), trainer, run)
 }
 
-/// [`save_trainer`] stopped at `at`, as a crash would stop it.
-///
-/// # Errors
-/// As [`save_trainer`].
-#[doc(hidden)]
-pub fn save_trainer_interrupted(
-    dir: &Path,
-    trainer: &mut Trainer,
-    run: &RunInfo,
-    at: Interruption,
-) -> Result<()> {
-    save(dir, trainer, run, Some(at))
-}
-
-fn save(
-    dir: &Path,
-    trainer: &mut Trainer,
-    run: &RunInfo,
-    stop: Option<Interruption>,
-) -> Result<()> {
+fn save(dir: &Path, trainer: &mut Trainer, run: &RunInfo) -> Result<()> {
     check_finite(&trainer.progress)?;
     fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let generation = existing_generations(dir)?.into_iter().max().unwrap_or(0) + 1;
     let tensors = format!("{TENSORS_STEM}{generation:06}{TENSORS_EXT}");
-    let forward = forward_group(trainer);
-    let learned = feedback_group(trainer);
-    let forward_flips = flipped(&mut trainer.model, &forward);
-    let learned_flips = vec![false; learned.len()];
-    if !group_complete(&trainer.forward_opt, &forward)
-        || !group_complete(&trainer.feedback_opt, &learned)
+    check_unique_names(&trainer.model)?;
+    if !group_complete(&trainer.forward_opt, &mut trainer.model)
+        || !group_complete(&trainer.feedback_opt, &mut Learned(trainer.rule.as_mut()))
     {
         return Err(bad(
             dir,
@@ -347,7 +319,7 @@ fn save(
         tensors: tensors.clone(),
         rule: trainer.rule.name().to_string(),
         input_shape: trainer.model.input_shape().to_vec(),
-        network: model_specs(&mut trainer.model),
+        network: model_specs(&trainer.model),
         feedback: feedback_specs(trainer),
         config: trainer.config.clone(),
         schedule: trainer.schedule,
@@ -358,49 +330,43 @@ fn save(
         tensors_sha256: None,
         state_sha256: None,
     };
-    let rename = stop != Some(Interruption::BeforeTensorsRename);
-    let sha256 = tensor_file::write(&dir.join(&tensors), rename, &mut |f| {
-        visit_model(&mut trainer.model, f);
-        if let Some(feedback) = trainer.rule.feedback_mut() {
-            feedback.visit(&mut |name, p| f(name, Item::F32(&p.value)));
+    let sha256 = tensor_file::write(&dir.join(&tensors), true, &mut |f| {
+        visit_model(&trainer.model, f);
+        if let Some(feedback) = trainer.rule.feedback() {
+            for (name, m) in feedback.names().iter().zip(feedback.matrices()) {
+                f(name, Item::F32(&m.value));
+            }
         }
-        visit_moments(
-            FORWARD_PREFIX,
-            &forward,
-            &forward_flips,
-            &trainer.forward_opt,
-            f,
-        );
+        visit_moments(FORWARD_PREFIX, &mut trainer.model, &trainer.forward_opt, f);
         visit_moments(
             FEEDBACK_PREFIX,
-            &learned,
-            &learned_flips,
+            &mut Learned(trainer.rule.as_mut()),
             &trainer.feedback_opt,
             f,
         );
     })?;
-    if !rename {
-        return Ok(());
-    }
     state.tensors_sha256 = Some(sha256);
     let json = state.to_checksummed_json(&dir.join(STATE_FILE))?;
-    let rename = stop != Some(Interruption::BeforeStateRename);
-    write_atomic(&dir.join(STATE_FILE), rename, |out| out.write_all(&json))?;
-    if rename {
-        remove_stale(dir, &tensors)?;
-    }
-    Ok(())
+    write_atomic(&dir.join(STATE_FILE), true, |out| out.write_all(&json))?;
+    remove_stale(dir, &tensors)
 }
 
-/// Whether an optimizer has no moments yet, or one pair per parameter of its group.
-fn group_complete(adam: &Adam, group: &[Spec]) -> bool {
-    adam.states().is_empty()
-        || (adam.states().len() == group.len()
-            && adam
-                .states()
-                .iter()
-                .zip(group)
-                .all(|(s, g)| s.exp_avg.shape() == g.shape && s.exp_avg_sq.shape() == g.shape))
+/// Whether an optimizer has no moments yet, or one pair per parameter of its group, each
+/// shaped like its parameter.
+fn group_complete(adam: &Adam, params: &mut dyn Parameters) -> bool {
+    let states = adam.states();
+    if states.is_empty() {
+        return true;
+    }
+    let (mut count, mut fits) = (0, true);
+    params.visit_params(&mut |name, p| {
+        count += 1;
+        let stored = p.view().stored_shape();
+        fits &= states
+            .get(name)
+            .is_some_and(|s| s.exp_avg.shape() == stored && s.exp_avg_sq.shape() == stored);
+    });
+    fits && count == states.len()
 }
 
 /// JSON has no NaN or infinity: refuse to save them rather than write a file that cannot be
@@ -467,7 +433,8 @@ fn remove_stale(dir: &Path, keep: &str) -> Result<()> {
 /// # Errors
 /// [`Error::Io`] when `state.json` cannot be read; [`Error::Checkpoint`] when it is not a
 /// checkpoint's state.
-pub fn read_run_info(dir: &Path) -> Result<RunInfo> {
+pub fn read_run_info(dir: impl AsRef<Path>) -> Result<RunInfo> {
+    let dir = dir.as_ref();
     let (state, integrity) = read_state(dir)?;
     if let Integrity::Damaged(why) = integrity {
         return Err(damaged_state(&dir.join(STATE_FILE), &why));
@@ -482,7 +449,8 @@ pub fn read_run_info(dir: &Path) -> Result<RunInfo> {
 ///
 /// # Errors
 /// As [`read_run_info`].
-pub fn has_checksums(dir: &Path) -> Result<bool> {
+pub fn has_checksums(dir: impl AsRef<Path>) -> Result<bool> {
+    let dir = dir.as_ref();
     match read_state(dir)? {
         (_, Integrity::Verified) => Ok(true),
         (_, Integrity::Unchecked) => Ok(false),
@@ -520,37 +488,50 @@ pub fn remove_temporaries(lock: &CheckpointLock) -> Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// The moments of an optimizer group, all or none as `saved` says, in the group's storage
-/// layout (the file holds those of a `flipped` parameter transposed, as PyTorch has it).
+/// The moments of an optimizer group, all or none as `saved` says, in PyTorch's layout.
 fn stage_moments(
     tensors: &Tensors,
     prefix: &str,
     group: &[Spec],
-    flipped: &[bool],
     saved: &OptimState,
-) -> Result<Vec<AdamState>> {
+) -> Result<Vec<(Tensor, Tensor)>> {
     if !saved.moments {
         return Ok(Vec::new());
     }
     group
         .iter()
-        .zip(flipped)
-        .map(|(s, &flip)| {
-            let read = |suffix: &str| -> Result<Tensor> {
-                let name = format!("{prefix}{}.{suffix}", s.name);
-                if flip {
-                    let torch: Vec<usize> = s.shape.iter().rev().copied().collect();
-                    Ok(tensors.tensor(&name, &torch)?.transposed())
-                } else {
-                    tensors.tensor(&name, &s.shape)
-                }
-            };
-            Ok(AdamState {
-                exp_avg: read("exp_avg")?,
-                exp_avg_sq: read("exp_avg_sq")?,
-            })
+        .map(|s| {
+            let read =
+                |suffix: &str| tensors.tensor(&format!("{prefix}{}.{suffix}", s.name), &s.shape);
+            Ok((read("exp_avg")?, read("exp_avg_sq")?))
         })
         .collect()
+}
+
+/// Staged moments (in the group's visiting order, PyTorch's layout) in each parameter's
+/// storage layout, by name.
+fn moments_by_name(
+    params: &mut dyn Parameters,
+    staged: Vec<(Tensor, Tensor)>,
+) -> BTreeMap<String, AdamState> {
+    let mut out = BTreeMap::new();
+    if staged.is_empty() {
+        return out;
+    }
+    let mut staged = staged.into_iter();
+    params.visit_params(&mut |name, p| {
+        if let Some((m, v)) = staged.next() {
+            let p = p.view();
+            out.insert(
+                name.to_string(),
+                AdamState {
+                    exp_avg: p.stored_from_torch(&m),
+                    exp_avg_sq: p.stored_from_torch(&v),
+                },
+            );
+        }
+    });
+    out
 }
 
 /// Restores `trainer` from the checkpoint folder `dir` and returns the saved [`RunInfo`].
@@ -566,7 +547,8 @@ fn stage_moments(
 /// invalid JSON, a tensor file that is not valid safetensors (truncated, too long), a
 /// tensor that is missing, extra, misshapen, of another dtype, not finite or (a variance, a
 /// second moment) negative, and files that do not match their recorded SHA-256 (damaged).
-pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
+pub fn load_trainer(dir: impl AsRef<Path>, trainer: &mut Trainer) -> Result<RunInfo> {
+    let dir = dir.as_ref();
     let state_path = dir.join(STATE_FILE);
     let (state, integrity) = read_state(dir)?;
     check_compatible(&state, trainer)?;
@@ -581,20 +563,12 @@ pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
         .map(|s| tensors.tensor(&s.name, &s.shape))
         .collect::<Result<_>>()?;
     let forward_specs = forward_group(trainer);
-    let forward_flips = flipped(&mut trainer.model, &forward_specs);
-    let forward = stage_moments(
-        &tensors,
-        FORWARD_PREFIX,
-        &forward_specs,
-        &forward_flips,
-        &state.forward_opt,
-    )?;
+    let forward = stage_moments(&tensors, FORWARD_PREFIX, &forward_specs, &state.forward_opt)?;
     let learned_specs = feedback_group(trainer);
     let learned = stage_moments(
         &tensors,
         FEEDBACK_PREFIX,
         &learned_specs,
-        &vec![false; learned_specs.len()],
         &state.feedback_opt,
     )?;
     // Last, so that a defect the checks above can name is named; what they cannot see
@@ -605,22 +579,21 @@ pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
         Integrity::Unchecked => {}
     }
 
+    // Everything is checked: from here on nothing fails.
     apply_model(&mut trainer.model, model);
     if let Some(fb) = trainer.rule.feedback_mut() {
-        let mut values = feedback.into_iter();
-        fb.visit(&mut |_, p| {
-            if let Some(v) = values.next() {
-                p.value = v;
-            }
-        });
+        for (l, v) in feedback.iter().enumerate() {
+            let ok = fb.set(l, v);
+            debug_assert!(ok.is_ok(), "staged feedback has the rule's shapes");
+        }
     }
-    trainer
-        .forward_opt
-        .restore(state.forward_opt.steps, forward);
-    trainer
-        .feedback_opt
-        .restore(state.feedback_opt.steps, learned);
-    trainer.restore_progress(state.progress);
+    let forward = moments_by_name(&mut trainer.model, forward);
+    let learned = moments_by_name(&mut Learned(trainer.rule.as_mut()), learned);
+    trainer.restore(
+        (state.forward_opt.steps, forward),
+        (state.feedback_opt.steps, learned),
+        state.progress,
+    );
     Ok(state.run)
 }
 
@@ -629,33 +602,25 @@ pub fn load_trainer(dir: &Path, trainer: &mut Trainer) -> Result<RunInfo> {
 fn expected_tensors(path: &Path, state: &StateFile, trainer: &mut Trainer) -> Result<Vec<Wanted>> {
     let mut all = wanted(path, &state.network)?;
     all.extend(wanted(path, &state.feedback)?);
-    let forward = forward_group(trainer);
-    let forward_flips = flipped(&mut trainer.model, &forward);
-    let learned = feedback_group(trainer);
+    // Moments are saved in each parameter's PyTorch layout, which the groups' specs give.
     let groups = [
-        (FORWARD_PREFIX, &forward, forward_flips, &state.forward_opt),
+        (FORWARD_PREFIX, forward_group(trainer), &state.forward_opt),
         (
             FEEDBACK_PREFIX,
-            &learned,
-            vec![false; learned.len()],
+            feedback_group(trainer),
             &state.feedback_opt,
         ),
     ];
-    for (prefix, group, flips, saved) in groups {
+    for (prefix, group, saved) in groups {
         if !saved.moments {
             continue;
         }
-        for (spec, flip) in group.iter().zip(flips) {
-            let shape: Vec<usize> = if flip {
-                spec.shape.iter().rev().copied().collect()
-            } else {
-                spec.shape.clone()
-            };
+        for spec in &group {
             for suffix in ["exp_avg", "exp_avg_sq"] {
                 all.push(Wanted {
                     name: format!("{prefix}{}.{suffix}", spec.name),
                     dtype: safetensors::Dtype::F32,
-                    shape: shape.clone(),
+                    shape: spec.shape.clone(),
                 });
             }
         }

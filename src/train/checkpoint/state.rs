@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::tensor_file::{Wanted, bad, hex, read_bounded};
 use super::{FORMAT, MAX_STATE_LEN, RunInfo, STATE_FILE, TENSORS_EXT, VERSION};
 use crate::error::{Error, Result};
-use crate::layers::StateMut;
+use crate::layers::State;
 use crate::model::Model;
 use crate::optim::{Adam, AdamConfig, Parameters, StepLr};
 use crate::rules::Learned;
@@ -162,35 +162,33 @@ fn integrity(bytes: &[u8], state: &StateFile) -> Integrity {
     }
 }
 /// The model's state in visiting order, with PyTorch's shapes.
-pub(super) fn model_specs(model: &mut Model) -> Vec<Spec> {
+pub(super) fn model_specs(model: &Model) -> Vec<Spec> {
     let mut specs = Vec::new();
-    model.visit_stored_state(&mut |name, state, transposed| {
+    model.visit_state(&mut |name, state| {
         specs.push(match state {
-            StateMut::Param(p) if transposed => {
-                let torch: Vec<usize> = p.value.shape().iter().rev().copied().collect();
-                Spec::new(name, &torch, "F32")
-            }
-            StateMut::Param(p) => Spec::new(name, p.value.shape(), "F32"),
-            StateMut::Buffer(t) => Spec::new(name, t.shape(), "F32"),
-            StateMut::Counter(_) => Spec::new(name, &[], "I64"),
+            State::Param(p) => Spec::new(name, &p.shape(), "F32"),
+            State::Buffer(t) => Spec::new(name, t.shape(), "F32"),
+            State::Counter(_) => Spec::new(name, &[], "I64"),
         });
     });
     specs
 }
 
 /// The feedback matrices of the trainer's rule.
-pub(super) fn feedback_specs(trainer: &mut Trainer) -> Vec<Spec> {
+pub(super) fn feedback_specs(trainer: &Trainer) -> Vec<Spec> {
     let mut specs = Vec::new();
-    if let Some(feedback) = trainer.rule.feedback_mut() {
-        feedback.visit(&mut |name, p| specs.push(Spec::new(name, p.value.shape(), "F32")));
+    if let Some(feedback) = trainer.rule.feedback() {
+        for (name, m) in feedback.names().iter().zip(feedback.matrices()) {
+            specs.push(Spec::new(name, m.value.shape(), "F32"));
+        }
     }
     specs
 }
 
-/// The names and shapes of an optimizer group's parameters, in its visiting order.
+/// The names and PyTorch shapes of an optimizer group's parameters, in its visiting order.
 fn group(params: &mut dyn Parameters) -> Vec<Spec> {
     let mut specs = Vec::new();
-    params.visit_params(&mut |name, p| specs.push(Spec::new(name, p.value.shape(), "F32")));
+    params.visit_params(&mut |name, p| specs.push(Spec::new(name, &p.shape(), "F32")));
     specs
 }
 
@@ -302,7 +300,7 @@ pub(super) fn check_compatible(state: &StateFile, trainer: &mut Trainer) -> Resu
             format!("{:?}", trainer.model.input_shape()),
         );
     }
-    same_specs("network", &state.network, &model_specs(&mut trainer.model))?;
+    same_specs("network", &state.network, &model_specs(&trainer.model))?;
     same_specs("feedback", &state.feedback, &feedback_specs(trainer))?;
     let (a, b) = (&state.config, &trainer.config);
     let fields = [
