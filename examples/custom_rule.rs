@@ -60,7 +60,7 @@ impl LearningRule for SignDfa {
         _rng: &mut Rng,
     ) -> Result<StepReport> {
         // 1. A plain forward (no tangents needed), the loss and e = dL/dy.
-        let logits = model.forward(x, &mut |_, _| Ok(()))?;
+        let logits = model.forward_train(x, &mut |_, _| Ok(()))?;
         let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
         // 2. Every block learns at once, each from the gradient of its own output: the output
         //    layer from its true gradient e, every hidden block from e S_l (shaped like h_l).

@@ -99,13 +99,13 @@ pub use ndarray;
 /// # Ok::<(), fdfa::Error>(())
 /// ```
 pub mod prelude {
-    pub use crate::data::{DataSource, Dataset};
+    pub use crate::data::{DataSource, Dataset, FeatureDataset, Normalize};
     pub use crate::error::{Error, Result};
     pub use crate::layers::{
         AdaptiveAvgPool2d, BatchNormConfig, Conv2dConfig, Flatten, Layer, LinearConfig, MaxPool2d,
         Relu, State, StateMut,
     };
-    pub use crate::model::{Block, Model};
+    pub use crate::model::{Block, Mode, Model, Sequential};
     pub use crate::optim::{Adam, AdamConfig, Parameters};
     pub use crate::rules::{LearningRule, RuleKind};
     pub use crate::tensor::{Dual, Tensor};

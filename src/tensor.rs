@@ -313,7 +313,7 @@ impl Dual {
     }
 
     /// Turns a structural-zero tangent into `k` explicit zero tangents (a no-op when tangents
-    /// are already present), e.g. in a [`Model::forward`](crate::model::Model::forward) hook
+    /// are already present), e.g. in a [`Model::forward_train`](crate::model::Model::forward_train) hook
     /// that adds directions.
     ///
     /// ```

@@ -261,3 +261,68 @@ fn mnist_dry_run_measures_alignment_beside_the_log() {
     assert!(lines[1].starts_with("1,1,938,0,fc_dfa.0,"), "{}", lines[1]);
     assert!(lines[2].starts_with("1,1,938,1,fc_dfa.1,"), "{}", lines[2]);
 }
+
+/// Runs an example without arguments and returns what it printed.
+fn run_plain(name: &str) -> String {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "--quiet", "--example", name]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The number after `prefix` on the line that starts with it.
+fn number_after(text: &str, prefix: &str) -> f64 {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"));
+    let digits: String = line
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.' || *c == '-' || *c == 'e')
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("no number in {line:?}"))
+}
+
+#[test]
+fn the_library_example_trains_predicts_saves_and_differentiates() {
+    let out = run_plain("library");
+    assert!(number_after(&out, "epoch 3: test accuracy") > 90.0, "{out}");
+    assert!(number_after(&out, "predict:") >= 460.0, "{out}");
+    assert!(out.contains("reloaded: same predictions: true"), "{out}");
+    let jvp = out.lines().find(|l| l.starts_with("jvp:")).unwrap();
+    let numbers: Vec<f32> = jvp
+        .split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    assert_eq!(numbers.len(), 4, "{jvp}");
+    for o in 0..2 {
+        let (exact, fd) = (numbers[o], numbers[2 + o]);
+        assert!((exact - fd).abs() <= 1e-2 * exact.abs().max(1.0), "{jvp}");
+    }
+}
+
+#[test]
+fn the_jvp_example_agrees_with_central_differences() {
+    let out = run_plain("jvp");
+    assert!(
+        out.contains("Jacobian: 64 columns (one per pixel) of 3 logits"),
+        "{out}"
+    );
+    assert!(out.contains("agreement: ok"), "{out}");
+    let worst = number_after(&out, "worst |JVP - central difference|:");
+    let scale = number_after(&out, "largest |d logit / d pixel|:");
+    assert!(scale > 0.0 && worst <= 1e-2 * scale, "{out}");
+}

@@ -180,7 +180,7 @@ fn dfa_and_dkp_deliver_e_b_and_dkp_learns_e_transpose_h() {
 
 fn loss_of(model: &mut Model, x: &Tensor, targets: &[usize]) -> f64 {
     let logits = model
-        .forward(x, &mut |_, _| Ok(()))
+        .forward_train(x, &mut |_, _| Ok(()))
         .unwrap()
         .primal()
         .clone();
@@ -268,7 +268,7 @@ fn fdfa_output_tangent_sums_the_directional_derivatives_and_feeds_back_b_minus_m
     for (l, u) in directions.iter().enumerate() {
         let mut logits_at = |s: f32| {
             model
-                .forward(&x, &mut |p, act| {
+                .forward_train(&x, &mut |p, act| {
                     if p == l {
                         act.primal_mut()
                             .data_mut()
@@ -323,7 +323,7 @@ fn mean_jacobian(model: &mut Model, x: &Tensor, l: usize) -> Vec<f32> {
     let n = x.batch();
     let d = model.feedback_points()[l].features();
     let logits = model
-        .forward(x, &mut |p, h| {
+        .forward_train(x, &mut |p, h| {
             if p == l {
                 h.ensure_tangent(d);
                 let t = h.tangent_mut().unwrap();
@@ -585,7 +585,7 @@ fn blocks_trained_in_parallel_match_blocks_trained_one_by_one() {
             } else {
                 fdfa::model::fc(&[1, 12, 12], 2, 256, 3, &mut rng).unwrap()
             };
-            let logits = model.forward(&x, &mut |_, _| Ok(())).unwrap();
+            let logits = model.forward_train(&x, &mut |_, _| Ok(())).unwrap();
             let mut e = Tensor::default();
             cross_entropy(logits.primal(), &targets, &mut e).unwrap();
             (model, e)

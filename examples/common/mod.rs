@@ -439,7 +439,7 @@ fn run(
             kind: fdfa::DataErrorKind::SizeMismatch {
                 detail: format!(
                     "the images are {}, but the network takes {}",
-                    dims(&train.sample_shape()),
+                    dims(train.sample_shape()),
                     dims(model.input_shape())
                 ),
             },

@@ -5,7 +5,7 @@
 //! | PyTorch reference | fdfa |
 //! |---|---|
 //! | `nn.Linear`, `nn.Conv2d`, `nn.BatchNorm1d/2d`, `nn.ReLU`, `nn.MaxPool2d`, `nn.AdaptiveAvgPool2d`, `nn.Flatten` | [`Linear`](crate::layers::Linear), [`Conv2d`](crate::layers::Conv2d), [`BatchNorm`](crate::layers::BatchNorm) ([`BatchNormConfig::d1`](crate::layers::BatchNormConfig::d1) / [`d2`](crate::layers::BatchNormConfig::d2)), [`Relu`](crate::layers::Relu), [`MaxPool2d`](crate::layers::MaxPool2d), [`AdaptiveAvgPool2d`](crate::layers::AdaptiveAvgPool2d), [`Flatten`](crate::layers::Flatten) — same default initialisation |
-//! | `model.train()` / `model.eval()` | [`Model::forward`](crate::model::Model::forward) (batch statistics, running statistics updated) / [`Model::infer`](crate::model::Model::infer) (running statistics) |
+//! | `model.train()` / `model.eval()` | [`Model::forward_train`](crate::model::Model::forward_train) (batch statistics, running statistics updated) / [`Model::infer`](crate::model::Model::infer) (running statistics) |
 //! | the training hooks (`fc_dfa.0`, `conv_1_dfa`, ...) | feedback points, named the same: [`Block::hidden`](crate::model::Block::hidden) |
 //! | `--train-mode BP/DFA/DKP/FDFA` | [`RuleKind`](crate::rules::RuleKind), or [`Bp`](crate::rules::Bp), [`Dfa`](crate::rules::Dfa), [`Dkp`](crate::rules::Dkp), [`Fdfa`](crate::rules::Fdfa) |
 //! | `torch.func.jvp` / dual tensors | [`Dual`](crate::Dual): `k` tangents stacked along the batch axis |

@@ -537,6 +537,30 @@ impl Layer for BatchNorm {
         Ok(())
     }
 
+    fn forward_eval(&mut self, input: &Dual, output: &mut Dual) -> Result<()> {
+        let x = input.primal();
+        output.resize(x.shape(), input.directions());
+        let (y, dy) = output.parts_mut();
+        self.infer(x, y)?;
+        if let (Some(dx), Some(dy)) = (input.tangent(), dy) {
+            // With the statistics fixed the map is affine per channel: its JVP is the scale.
+            let eps = self.config.eps;
+            let scale: Vec<f32> = (self.weight.value.data().iter())
+                .zip(self.running_var.data())
+                .map(|(g, v)| g / (v + eps).sqrt())
+                .collect();
+            channel_map(
+                dy.data_mut(),
+                dx.data(),
+                dx.data(),
+                layout(dx.shape()),
+                [&scale],
+                |v, _, [s]| v * s,
+            );
+        }
+        Ok(())
+    }
+
     fn infer(&self, input: &Tensor, output: &mut Tensor) -> Result<()> {
         self.check(input.shape())?;
         let dims = layout(input.shape());

@@ -344,6 +344,22 @@ pub trait Layer: Send + Sync + Debug {
     /// [`Error::Shape`] when `input` does not fit.
     fn forward(&mut self, input: &Dual, output: &mut Dual) -> Result<()>;
 
+    /// Inference forward with tangents: the primal as [`infer`](Self::infer) computes it
+    /// (BatchNorm with its running statistics) and the tangents by that map's exact JVP, for
+    /// [`Model::jvp`](crate::model::Model::jvp) in [`Mode::Eval`](crate::model::Mode::Eval).
+    /// It changes nothing that inference reads (no running statistics), but it may overwrite
+    /// what the last training forward kept for its backward.
+    ///
+    /// The default runs the training [`forward`](Self::forward), which is right for every
+    /// layer whose training map is its inference map (everything but BatchNorm here); a layer
+    /// whose maps differ (BatchNorm, dropout) overrides it.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `input` does not fit.
+    fn forward_eval(&mut self, input: &Dual, output: &mut Dual) -> Result<()> {
+        self.forward(input, output)
+    }
+
     /// Inference forward (BatchNorm uses its running statistics).
     ///
     /// # Errors

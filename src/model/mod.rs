@@ -6,7 +6,7 @@
 //!
 //! The model gives rules building blocks, not policies, each with one contract:
 //!
-//! - a training forward with a hook at each feedback point ([`Model::forward`]), and its
+//! - a training forward with a hook at each feedback point ([`Model::forward_train`]), and its
 //!   variant whose tangent is the JVP along a direction in parameter space
 //!   ([`Model::forward_param_jvp`]);
 //! - the feedback points' activations ([`Model::hidden`]) and the logits ([`Model::output`]);
@@ -32,6 +32,15 @@ use rayon::prelude::*;
 
 /// Samples per chunk of [`Model::infer`]: bounds the memory of inference on large batches.
 const INFER_CHUNK: usize = 256;
+
+/// Which map of the network a [`Model::jvp`] differentiates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The training map: BatchNorm normalises with the batch's statistics.
+    Train,
+    /// The inference map: BatchNorm normalises with its running statistics.
+    Eval,
+}
 
 /// A run of layers; hidden blocks end in a named feedback point.
 #[derive(Debug)]
@@ -338,7 +347,7 @@ impl Model {
     ///
     /// # Errors
     /// [`Error::Shape`] for a wrong input shape; whatever `hook` returns.
-    pub fn forward(
+    pub fn forward_train(
         &mut self,
         x: &Tensor,
         hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
@@ -376,6 +385,15 @@ impl Model {
     ) -> Result<&Dual> {
         self.check_input(x)?;
         self.input.assign_primal(x);
+        self.run_forward(hook, direction)
+    }
+
+    /// The training forward from the input held in `self.input` (with its tangents).
+    fn run_forward(
+        &mut self,
+        hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
+        direction: Option<&[&[f32]]>,
+    ) -> Result<&Dual> {
         let mut point = 0;
         let mut offset = 0;
         for b in 0..self.blocks.len() {
@@ -409,6 +427,132 @@ impl Model {
             }
         }
         self.logits_dual()
+    }
+
+    /// The output of the network on `x` and its directional derivative along the input
+    /// direction `v`: the Jacobian-vector product `J(x) v`, computed exactly by the crate's
+    /// forward-mode AD in the same pass as the output (no finite differences, no backward).
+    ///
+    /// `x` is `[N, ...]` (samples of the model's input shape, or of another layout with as
+    /// many values, as [`logits`](Self::logits) takes them); `v` is either shaped like `x`
+    /// (one direction, the tangent is `[N, classes]`) or `[k, N, ...]` (`k` directions at
+    /// once, the tangent is `[k, N, classes]`). Returns `(logits, tangent)`.
+    ///
+    /// In [`Mode::Eval`] the network is the inference map (BatchNorm with its running
+    /// statistics). In [`Mode::Train`] it is the training map, BatchNorm normalising with
+    /// the batch's own statistics, whose dependence on every sample the tangent includes
+    /// (so a sample's tangent depends on the other samples' directions); the running
+    /// statistics are left as they were. Either way a backward after `jvp` is refused until
+    /// the next training forward.
+    ///
+    /// A Jacobian column by column, checked against a central difference:
+    ///
+    /// ```
+    /// use fdfa::model::{Mode, Sequential};
+    /// use fdfa::Tensor;
+    ///
+    /// let mut rng = fdfa::init::rng(0);
+    /// let mut model = Sequential::new(&[3]).linear(4).relu().linear(2).build(&mut rng)?;
+    /// let x = Tensor::from_vec(&[1, 3], vec![0.3, -0.7, 0.2])?;
+    /// for i in 0..3 {
+    ///     let mut e = vec![0.0; 3];
+    ///     e[i] = 1.0;
+    ///     let (_, column) = model.jvp(&x, &Tensor::from_vec(&[1, 3], e.clone())?, Mode::Eval)?;
+    ///     let h = 1e-3;
+    ///     let shifted = |s: f32| -> fdfa::Result<Tensor> {
+    ///         let moved = x.data().iter().zip(&e).map(|(a, b)| a + s * h * b).collect();
+    ///         model.logits(&Tensor::from_vec(&[1, 3], moved)?)
+    ///     };
+    ///     let (up, down) = (shifted(1.0)?, shifted(-1.0)?);
+    ///     for o in 0..2 {
+    ///         let fd = (up.data()[o] - down.data()[o]) / (2.0 * h);
+    ///         assert!((fd - column.data()[o]).abs() < 1e-2, "{fd} vs {}", column.data()[o]);
+    ///     }
+    /// }
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] when `x` does not fit the model or `v` is shaped like neither `x` nor
+    /// `[k, ...x]` with `k > 0`; in [`Mode::Train`], what a training forward refuses (such as
+    /// BatchNorm over a single value per channel).
+    pub fn jvp(&mut self, x: &Tensor, v: &Tensor, mode: Mode) -> Result<(Tensor, Tensor)> {
+        let n = self.inference_batch(x)?;
+        let k = if v.shape() == x.shape() {
+            1
+        } else if v.shape().len() == x.shape().len() + 1 && v.shape()[1..] == *x.shape() {
+            v.shape()[0]
+        } else {
+            0
+        };
+        if k == 0 {
+            let mut want = vec!["k".to_string()];
+            want.extend(x.shape().iter().map(|d| d.to_string()));
+            return Err(Error::shape(
+                "jvp direction",
+                format!("{:?} or [{}] with k > 0", x.shape(), want.join(", ")),
+                v.shape(),
+            ));
+        }
+        let mut shape = vec![n];
+        shape.extend_from_slice(&self.input_shape);
+        let primal = Tensor::from_vec(&shape, x.data().to_vec())?;
+        shape[0] = k * n;
+        let tangent = Tensor::from_vec(&shape, v.data().to_vec())?;
+        let input = Dual::with_tangents(primal, tangent, k)?;
+        let out = match mode {
+            Mode::Train => {
+                // The training forward updates the running statistics; a JVP must not.
+                let mut saved = Vec::new();
+                self.visit_state(&mut |_, s| match s {
+                    State::Buffer(t) => saved.push((Some(t.clone()), 0)),
+                    State::Counter(c) => saved.push((None, c)),
+                    State::Param(_) => {}
+                });
+                self.input = input;
+                let out = self.run_forward(&mut |_, _| Ok(()), None).cloned();
+                let mut saved = saved.into_iter();
+                self.visit_state_mut(&mut |_, s| match s {
+                    StateMut::Param(_) => {}
+                    StateMut::Buffer(mut b) => {
+                        if let Some((Some(t), _)) = saved.next() {
+                            let restored = b.set(&t);
+                            debug_assert!(restored.is_ok(), "a buffer keeps its shape");
+                        }
+                    }
+                    StateMut::Counter(c) => {
+                        if let Some((None, count)) = saved.next() {
+                            *c = count;
+                        }
+                    }
+                });
+                out
+            }
+            Mode::Eval => {
+                let (mut cur, mut next) = (input, Dual::default());
+                let layers = self.blocks.iter_mut().flat_map(|b| &mut b.layers);
+                let done = crate::parallel::run(|| -> Result<()> {
+                    for layer in layers {
+                        layer.forward_eval(&cur, &mut next)?;
+                        std::mem::swap(&mut cur, &mut next);
+                    }
+                    Ok(())
+                });
+                done.map(|()| cur)
+            }
+        };
+        // The activations no longer belong to one training forward: refuse a backward.
+        self.input = Dual::default();
+        let out = out?;
+        let logits = out.primal().clone();
+        let mut tangent = match out.tangent() {
+            Some(t) => t.clone(),
+            None => Tensor::zeros(&[k * n, self.classes]),
+        };
+        if v.shape() != x.shape() {
+            tangent = Tensor::from_vec(&[k, n, self.classes], tangent.into_vec())?;
+        }
+        Ok((logits, tangent))
     }
 
     /// The logits (with their tangents) of the last training forward.
@@ -454,7 +598,7 @@ impl Model {
     /// let mut rng = fdfa::init::rng(0);
     /// let mut model = fc(&[1, 2, 2], 2, 5, 3, &mut rng)?;
     /// let x = Tensor::from_vec(&[2, 1, 2, 2], vec![0.1, -0.4, 0.3, 0.9, -0.2, 0.5, 0.7, -0.8])?;
-    /// model.forward(&x, &mut |_, _| Ok(()))?;
+    /// model.forward_train(&x, &mut |_, _| Ok(()))?;
     /// let logits_grad = Tensor::from_vec(&[2, 3], vec![1., 0., 0., 0., 0., 0.])?;
     /// // The gradient of the logits with respect to h_1, the last feedback point.
     /// let g1 = model.backward_block(2, &logits_grad, true)?.cloned();
@@ -479,7 +623,7 @@ impl Model {
         Ok(input_grad.then_some(&self.grad_a))
     }
 
-    /// A backward needs the activations of a training forward ([`forward`](Self::forward);
+    /// A backward needs the activations of a training forward ([`forward_train`](Self::forward_train);
     /// [`infer`](Self::infer) keeps none).
     fn check_forward_ran(&self) -> Result<()> {
         if self.input.primal().shape().is_empty() {
@@ -527,7 +671,7 @@ impl Model {
     /// let mut rng = fdfa::init::rng(0);
     /// let mut model = fc(&[1, 2, 2], 2, 5, 3, &mut rng)?;
     /// let x = Tensor::from_vec(&[2, 1, 2, 2], vec![0.1, -0.4, 0.3, 0.9, -0.2, 0.5, 0.7, -0.8])?;
-    /// model.forward(&x, &mut |_, _| Ok(()))?;
+    /// model.forward_train(&x, &mut |_, _| Ok(()))?;
     /// // Every block trained from a gradient of ones at its output.
     /// model.backward_local(&|_target, out| {
     ///     out.fill(1.0);
@@ -589,25 +733,43 @@ impl Model {
         Ok(())
     }
 
-    /// Inference (BatchNorm with running statistics) on a batch of any size, processed in
-    /// chunks to bound memory.
-    ///
-    /// # Errors
-    /// [`Error::Shape`] for a wrong input shape.
-    pub fn infer(&mut self, x: &Tensor) -> Result<&Tensor> {
-        self.check_input(x)?;
-        let n = x.batch();
-        self.logits.resize(&[n, self.classes]);
-        let row = x.row_len();
-        let mut chunk_shape = x.shape().to_vec();
-        let Self {
-            blocks,
-            eval_a,
-            eval_b,
-            logits,
-            classes,
-            ..
-        } = self;
+    /// The batch size of an inference input: `x` is `[N, ...]` with samples that
+    /// [`fits_input`](crate::data::fits_input) the model's input shape, the rule training
+    /// applies (`[N, 784]` fits a `[1, 28, 28]` model; `[N, 1, 16, 49]` does not).
+    fn inference_batch(&self, x: &Tensor) -> Result<usize> {
+        match x.shape().split_first() {
+            Some((&n, sample)) if n > 0 && crate::data::fits_input(sample, &self.input_shape) => {
+                Ok(n)
+            }
+            _ => {
+                let mut want = vec!["N".to_string()];
+                want.extend(self.input_shape.iter().map(|d| d.to_string()));
+                Err(Error::shape(
+                    "model input",
+                    format!(
+                        "[{}] (or the same values per sample in another layout, such as flat)",
+                        want.join(", ")
+                    ),
+                    x.shape(),
+                ))
+            }
+        }
+    }
+
+    /// Inference of `n` samples of `x` into `logits`, in chunks of [`INFER_CHUNK`] through the
+    /// two scratch tensors.
+    fn infer_into(
+        &self,
+        x: &Tensor,
+        n: usize,
+        (eval_a, eval_b): (&mut Tensor, &mut Tensor),
+        logits: &mut Tensor,
+    ) -> Result<()> {
+        logits.resize(&[n, self.classes]);
+        let row = x.len() / n;
+        let mut chunk_shape = vec![0];
+        chunk_shape.extend_from_slice(&self.input_shape);
+        let c = self.classes;
         crate::parallel::run(|| {
             for start in (0..n).step_by(INFER_CHUNK) {
                 let m = INFER_CHUNK.min(n - start);
@@ -616,16 +778,102 @@ impl Model {
                 eval_a
                     .data_mut()
                     .copy_from_slice(&x.data()[start * row..(start + m) * row]);
-                for layer in blocks.iter().flat_map(|b| &b.layers) {
+                for layer in self.blocks.iter().flat_map(|b| &b.layers) {
                     layer.infer(eval_a, eval_b)?;
                     std::mem::swap(eval_a, eval_b);
                 }
-                let c = *classes;
                 logits.data_mut()[start * c..(start + m) * c].copy_from_slice(eval_a.data());
             }
-            Ok::<_, Error>(())
-        })?;
+            Ok(())
+        })
+    }
+
+    /// Inference (BatchNorm with running statistics) on a batch of any size, processed in
+    /// chunks to bound memory, reusing the model's own buffers: the fast path of a training
+    /// loop's evaluation. [`logits`](Self::logits) does the same from `&self`, for a model
+    /// shared between threads.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for an input whose samples do not fit the model's input shape.
+    pub fn infer(&mut self, x: &Tensor) -> Result<&Tensor> {
+        let n = self.inference_batch(x)?;
+        let (mut a, mut b, mut logits) = (
+            std::mem::take(&mut self.eval_a),
+            std::mem::take(&mut self.eval_b),
+            std::mem::take(&mut self.logits),
+        );
+        let done = self.infer_into(x, n, (&mut a, &mut b), &mut logits);
+        (self.eval_a, self.eval_b, self.logits) = (a, b, logits);
+        done?;
         Ok(&self.logits)
+    }
+
+    /// The logits `[N, classes]` of a batch `x` in inference mode (BatchNorm with its running
+    /// statistics). Takes `&self`, so one trained model can serve several threads at once.
+    ///
+    /// `x` is `[N, ...]` with samples of the model's input shape, or of another layout with
+    /// the same values (flat `[N, 784]` for a `[1, 28, 28]` model), as training accepts.
+    /// Normalise new inputs as the training data was
+    /// ([`Dataset::input_from_pixels`](crate::data::Dataset::input_from_pixels),
+    /// [`Normalize::apply`](crate::data::Normalize::apply)).
+    ///
+    /// ```
+    /// use fdfa::Tensor;
+    /// let model = fdfa::model::fc(&[1, 2, 2], 1, 8, 3, &mut fdfa::init::rng(0))?;
+    /// let x = Tensor::from_vec(&[2, 4], vec![0.1, -0.2, 0.3, 0.9, -0.5, 0.5, 0.7, -0.8])?;
+    /// std::thread::scope(|s| {
+    ///     let a = s.spawn(|| model.logits(&x));
+    ///     let b = s.spawn(|| model.logits(&x));
+    ///     assert_eq!(a.join().unwrap()?, b.join().unwrap()?);
+    ///     Ok::<(), fdfa::Error>(())
+    /// })?;
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Shape`] for an input whose samples do not fit the model's input shape.
+    pub fn logits(&self, x: &Tensor) -> Result<Tensor> {
+        let n = self.inference_batch(x)?;
+        let (mut a, mut b, mut logits) = Default::default();
+        self.infer_into(x, n, (&mut a, &mut b), &mut logits)?;
+        Ok(logits)
+    }
+
+    /// Class probabilities `[N, classes]`: the softmax of [`logits`](Self::logits), each row
+    /// summing to one.
+    ///
+    /// # Errors
+    /// As [`logits`](Self::logits).
+    pub fn predict_proba(&self, x: &Tensor) -> Result<Tensor> {
+        let mut p = self.logits(x)?;
+        for row in p.data_mut().chunks_mut(self.classes) {
+            softmax_in_place(row);
+        }
+        Ok(p)
+    }
+
+    /// The predicted class of every sample of `x`: the index of its largest logit (the first
+    /// one on ties; a NaN logit never wins).
+    ///
+    /// ```
+    /// use fdfa::Tensor;
+    /// let model = fdfa::model::fc(&[3], 1, 8, 4, &mut fdfa::init::rng(0))?;
+    /// let x = Tensor::from_vec(&[2, 3], vec![0.1, -0.2, 0.3, 0.9, -0.5, 0.5])?;
+    /// let classes = model.predict(&x)?;
+    /// let p = model.predict_proba(&x)?;
+    /// for (i, &c) in classes.iter().enumerate() {
+    ///     let row = &p.data()[i * 4..(i + 1) * 4];
+    ///     assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    ///     assert!(row.iter().all(|&q| q <= row[c]));
+    /// }
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`logits`](Self::logits).
+    pub fn predict(&self, x: &Tensor) -> Result<Vec<usize>> {
+        let logits = self.logits(x)?;
+        Ok(logits.data().chunks(self.classes).map(argmax).collect())
     }
 
     /// Visits every piece of state under its PyTorch `state_dict` name
@@ -783,4 +1031,27 @@ impl crate::optim::Parameters for Model {
             }
         });
     }
+}
+
+/// The index of the largest value, the first on ties; NaN never wins.
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] || row[best].is_nan() && !v.is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// `row <- softmax(row)`, shifted by the row's maximum so that no exponential overflows.
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f64;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += f64::from(*v);
+    }
+    let inv = (1.0 / sum) as f32;
+    row.iter_mut().for_each(|v| *v *= inv);
 }

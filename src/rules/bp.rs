@@ -33,7 +33,7 @@ impl LearningRule for Bp {
         _rng: &mut Rng,
     ) -> Result<StepReport> {
         crate::parallel::run(|| {
-            let logits = model.forward(x, &mut |_, _| Ok(()))?;
+            let logits = model.forward_train(x, &mut |_, _| Ok(()))?;
             let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
             model.backward(&self.logits_grad)?;
             Ok(StepReport { loss })

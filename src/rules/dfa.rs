@@ -39,7 +39,7 @@ impl LearningRule for Dfa {
     ) -> Result<StepReport> {
         self.feedback.check_model(model)?;
         crate::parallel::run(|| {
-            let logits = model.forward(x, &mut |_, _| Ok(()))?;
+            let logits = model.forward_train(x, &mut |_, _| Ok(()))?;
             let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
             self.feedback.deliver(model, &self.logits_grad)?;
             Ok(StepReport { loss })

@@ -41,7 +41,7 @@ impl LearningRule for Dkp {
     ) -> Result<StepReport> {
         self.feedback.check_model(model)?;
         crate::parallel::run(|| {
-            let logits = model.forward(x, &mut |_, _| Ok(()))?;
+            let logits = model.forward_train(x, &mut |_, _| Ok(()))?;
             let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
             for (l, b) in self.feedback.matrices.iter_mut().enumerate() {
                 let h = model.hidden(l).primal();

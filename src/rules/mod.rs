@@ -229,7 +229,7 @@ pub(crate) fn perturbed_forward<'m>(
         ));
     }
     let n = x.batch();
-    model.forward(x, &mut |l, h| {
+    model.forward_train(x, &mut |l, h| {
         let u = &directions[l];
         let rows = h.primal().batch();
         if !u.batch().is_multiple_of(rows.max(1))

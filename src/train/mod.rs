@@ -439,6 +439,83 @@ impl Trainer {
         self.progress = progress;
     }
 
+    /// One training step on a batch of your own, for a training loop of your own: the
+    /// rule's step, then both optimizers, with the non-finite guard, exactly as
+    /// [`train_epoch`](Self::train_epoch) runs each batch. It leaves the epoch, the batch
+    /// position and the learning-rate schedule alone (they are the loop's business) and
+    /// does not run the [`set_before_step`](Self::set_before_step) hook. Returns the loss.
+    ///
+    /// `x` is `[N, ...]` with samples of the model's input shape (or of another layout with
+    /// as many values, as [`check_fits`](crate::data::check_fits) allows), `targets` one
+    /// class per sample.
+    ///
+    /// ```
+    /// use fdfa::prelude::*;
+    ///
+    /// let mut rng = fdfa::init::rng(0);
+    /// let model = Sequential::new(&[2]).linear(8).relu().feedback().linear(2).build(&mut rng)?;
+    /// let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
+    /// let config = TrainConfig::default().with_lr(1e-2).with_b_lr(1e-2);
+    /// let mut trainer = Trainer::new(model, rule, config)?;
+    /// // Which of two coordinates is larger.
+    /// let x = Tensor::from_vec(&[4, 2], vec![1.0, -1.0, -0.5, 0.5, 0.2, -0.9, -1.0, 0.3])?;
+    /// let targets = [0, 1, 0, 1];
+    /// let first = trainer.train_batch(&x, &targets)?;
+    /// let mut last = first;
+    /// for _ in 0..50 {
+    ///     last = trainer.train_batch(&x, &targets)?;
+    /// }
+    /// assert!(last < first);
+    /// assert_eq!(trainer.model().predict(&x)?, targets);
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InputMismatch`] when the samples do not fit the model; [`Error::Shape`] for
+    /// an empty batch or a number of targets other than `N`; [`Error::LabelOutOfRange`] for a
+    /// target not below the model's classes; [`Error::NonFinite`] (at the next epoch, batch
+    /// 0) when the loss, a gradient or a parameter stops being finite; whatever the rule
+    /// reports.
+    pub fn train_batch(&mut self, x: &Tensor, targets: &[usize]) -> Result<f32> {
+        let input = self.model.input_shape();
+        let Some((&n, sample)) = x.shape().split_first().filter(|(n, _)| **n > 0) else {
+            return Err(Error::shape(
+                "train_batch",
+                "[N, ...] with N > 0",
+                x.shape(),
+            ));
+        };
+        if !crate::data::fits_input(sample, input) {
+            return Err(Error::InputMismatch {
+                data: sample.to_vec(),
+                model: input.to_vec(),
+            });
+        }
+        if targets.len() != n {
+            return Err(Error::shape(
+                "train_batch targets",
+                format!("[{n}] (one per sample)"),
+                &[targets.len()],
+            ));
+        }
+        let classes = self.model.classes();
+        if let Some((index, &label)) = targets.iter().enumerate().find(|(_, t)| **t >= classes) {
+            return Err(Error::LabelOutOfRange {
+                context: "train_batch".into(),
+                label,
+                index,
+                classes,
+            });
+        }
+        let mut shape = vec![n];
+        shape.extend_from_slice(input);
+        self.x.resize(&shape);
+        self.x.data_mut().copy_from_slice(x.data());
+        self.targets.clear();
+        self.targets.extend_from_slice(targets);
+        self.step(self.progress.epoch + 1, 0)
+    }
+
     /// Whether every epoch has run.
     pub fn finished(&self) -> bool {
         self.progress.epoch >= self.config.epochs
