@@ -5,6 +5,9 @@
 //! of width 32 on the first 1024 training and 512 test samples of the real MNIST in
 //! `data/mnist`.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod example;
 mod guard;
 mod malformed;

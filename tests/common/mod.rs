@@ -15,6 +15,10 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+mod data_skip;
+#[allow(unused_imports)] // used by the binaries that read data/mnist
+pub use data_skip::mnist_or_skip;
+
 use fdfa::layers::{Layer, Param, StateMut};
 use fdfa::{Dual, Error, Tensor};
 
