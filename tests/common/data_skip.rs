@@ -38,10 +38,10 @@ pub fn mnist_or_skip(test: &str) -> Option<PathBuf> {
     );
     // Straight to the process's stderr: libtest captures only the `eprint!` family, and a
     // skip that says nothing looks like a pass.
-    let _ = writeln!(
-        std::io::stderr(),
+    let line = format!(
         "SKIPPED {test}: needs the MNIST files of the repository's data/mnist, which the \
-         published package leaves out"
+         published package leaves out\n"
     );
+    let _ = std::io::stderr().write_all(line.as_bytes());
     None
 }
