@@ -9,7 +9,7 @@
 use std::cell::Cell;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{ArrayView2, ArrayViewMut2, Axis, Zip};
+use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
 use crate::parallel::PAR_MIN_WORK;
@@ -72,19 +72,12 @@ fn with_scaled(
     let scale_a = a.len() <= b.len();
     let src = if scale_a { a } else { b };
     buf.clear();
-    buf.resize(src.len(), 0.0);
-    {
-        let mut view = ArrayViewMut2::from_shape(src.dim(), &mut buf[..])
-            .expect("the buffer has the operand's length");
-        Zip::from(&mut view)
-            .and(src)
-            .for_each(|d, &v| *d = alpha * v);
-    }
-    let scaled = ArrayView2::from_shape(src.dim(), &buf[..]).expect("as above");
-    if scale_a {
-        f(1.0, scaled, b);
-    } else {
-        f(1.0, a, scaled);
+    buf.extend(src.iter().map(|&v| alpha * v));
+    match ArrayView2::from_shape(src.dim(), &buf[..]) {
+        Ok(scaled) if scale_a => f(1.0, scaled, b),
+        Ok(scaled) => f(1.0, a, scaled),
+        // Unreachable: the buffer holds the operand's elements in logical order.
+        Err(_) => f(alpha, a, b),
     }
     SCALED.with(|cell| cell.set(buf));
 }
