@@ -2,7 +2,8 @@
 //! accuracies the reference reaches: FC-2 at least 96.5% under BP and FDFA and 94% under DFA
 //! and DKP; the shallow CNN at least 98% under FDFA.
 //!
-//! These train for real and need `cargo test --release`; a debug build skips them.
+//! These train for real and need `cargo test --release`; a debug build skips them, and so
+//! does a copy without `data/mnist` (the published package), saying so.
 
 mod common;
 
