@@ -257,7 +257,11 @@ def main(argv):
                 rates[cell][side].append(rate)
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr)
 
-    print(f"CPU: {cpu_model()}")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} logical cores")
+    if hasattr(os, "getloadavg"):
+        # Other work on the machine slows both sides, PyTorch's OpenMP threads the most.
+        print("load average over the last 1, 5 and 15 minutes (at the end): "
+              + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
     print(f"torch {torch.__version__} (CPU capability {torch.backends.cpu.get_cpu_capability()}), "
           f"{args.threads} thread(s) on both sides, training batch {args.batch}, "
           f"inference batch {args.infer_batch}; medians of {args.repeats} timings of "
