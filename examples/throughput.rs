@@ -9,9 +9,9 @@
 //!
 //! Data is synthetic and already in memory, as in the reference's measurements. Figures are
 //! medians over `--repeats` timings of `--steps` steps each; a table goes to stdout and a CSV
-//! to `--csv`. After the table come the ratios between rules, the ratios to the rates the
-//! performance issue publishes for the PyTorch reference, burn and candle (at batch 64), and
-//! the speed-up from 1 thread to all.
+//! to `--csv`. After the table come the ratios between rules and the speed-up from 1 thread to
+//! all. The comparison with the PyTorch reference is measured on the same machine in the same
+//! run by `benches/pytorch/side_by_side.py`, which times these cells through this example.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -52,6 +52,12 @@ struct Args {
     /// Also measure FC-2 and the CNN under FDFA and BP with 1 thread, for the scaling ratio.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     scaling: bool,
+    /// Time training steps.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    training: bool,
+    /// Time inference at `--infer-batch`.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    inference: bool,
     /// Where to write the CSV.
     #[arg(long, default_value = "results/throughput.csv")]
     csv: PathBuf,
@@ -114,56 +120,6 @@ fn train_macs(model: &Model, kind: RuleKind) -> f64 {
         tangent = fwd;
     }
     (fwd + tangent + backward + feedback) as f64
-}
-
-/// Training samples/s of the alternatives at batch 64 with 2 threads on this kind of machine,
-/// as the performance issue gives them: the PyTorch reference (data in memory), burn 0.22 and
-/// candle. They are published figures, not measured here.
-const REFERENCE: [(&str, RuleKind, f64); 8] = [
-    ("fc2", RuleKind::Bp, 9_950.0),
-    ("fc2", RuleKind::Dfa, 9_300.0),
-    ("fc2", RuleKind::Dkp, 7_000.0),
-    ("fc2", RuleKind::Fdfa, 4_000.0),
-    ("cnn", RuleKind::Bp, 1_460.0),
-    ("cnn", RuleKind::Dfa, 1_820.0),
-    ("cnn", RuleKind::Dkp, 2_080.0),
-    ("cnn", RuleKind::Fdfa, 620.0),
-];
-const BURN_BP: [(&str, f64); 2] = [("fc2", 4_200.0), ("cnn", 400.0)];
-const CANDLE_BP: [(&str, f64); 2] = [("fc2", 890.0), ("cnn", 100.0)];
-
-/// The lines comparing `rate` with the published rates of the same network and rule, with
-/// the issue's targets (3x the reference under FDFA, 1.5x under BP, 3x burn under BP).
-fn against_alternatives(network: &str, kind: RuleKind, rate: f64) -> Vec<String> {
-    let mut lines = Vec::new();
-    if let Some(&(_, _, theirs)) = REFERENCE
-        .iter()
-        .find(|(n, k, _)| *n == network && *k == kind)
-    {
-        let target = match kind {
-            RuleKind::Fdfa => " (target >= 3)",
-            RuleKind::Bp => " (target >= 1.5)",
-            _ => "",
-        };
-        lines.push(format!(
-            "  {network} {kind}: {:.1}x the PyTorch reference's {theirs:.0} samples/s{target}",
-            rate / theirs
-        ));
-    }
-    if kind == RuleKind::Bp {
-        for (name, table, target) in [
-            ("burn 0.22", &BURN_BP, " (target >= 3)"),
-            ("candle", &CANDLE_BP, ""),
-        ] {
-            if let Some(&(_, theirs)) = table.iter().find(|(n, _)| *n == network) {
-                lines.push(format!(
-                    "  {network} {kind}: {:.1}x {name}'s {theirs:.0} samples/s{target}",
-                    rate / theirs
-                ));
-            }
-        }
-    }
-    lines
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -440,21 +396,35 @@ fn run(args: &Args) -> fdfa::Result<()> {
         "network", "rule", "train samp/s", "GFLOP/s", "sgemm GFLOP/s", "ratio", "infer samp/s"
     );
     let mut ratios = Vec::new();
-    let mut versus = Vec::new();
     for network in &args.networks {
-        let infer = in_pool(threads, || measure_inference(network, args))?;
+        let infer = match args.inference {
+            true => Some(in_pool(threads, || measure_inference(network, args))?),
+            false => None,
+        };
+        let (infer_col, infer_csv) = match infer {
+            Some(r) => (format!("{r:.0}"), format!("{r:.1}")),
+            None => ("-".to_string(), String::new()),
+        };
+        if !args.training {
+            println!(
+                "{network:<8} {:<5} {:>14} {:>10} {:>13} {:>8} {infer_col:>14}",
+                "-", "-", "-", "-", "-"
+            );
+            let _ = writeln!(csv, "{network},,{threads},,,,,{infer_csv}");
+            continue;
+        }
         let t = in_pool(threads, || measure_training(network, &rules, args))?;
         let sgemm = t.sgemm();
         for (i, kind) in rules.iter().enumerate() {
             let (rate, gflops) = (t.rate(i), t.gflops(i));
             let share = t.share_of_sgemm(i, t.gflop_per_sample[i]);
             println!(
-                "{network:<8} {:<5} {rate:>14.0} {gflops:>10.1} {sgemm:>13.1} {share:>8.2} {infer:>14.0}",
+                "{network:<8} {:<5} {rate:>14.0} {gflops:>10.1} {sgemm:>13.1} {share:>8.2} {infer_col:>14}",
                 kind.as_str(),
             );
             let _ = writeln!(
                 csv,
-                "{network},{kind},{threads},{rate:.1},{gflops:.2},{sgemm:.2},{share:.3},{infer:.1}",
+                "{network},{kind},{threads},{rate:.1},{gflops:.2},{sgemm:.2},{share:.3},{infer_csv}",
             );
         }
         let index = |k: RuleKind| rules.iter().position(|&r| r == k);
@@ -472,9 +442,6 @@ fn run(args: &Args) -> fdfa::Result<()> {
             }
             ratios.push(line);
         }
-        for (i, &kind) in rules.iter().enumerate() {
-            versus.extend(against_alternatives(network, kind, t.rate(i)));
-        }
         if let (Some(fdfa), true) = (index(RuleKind::Fdfa), network == "fc2") {
             // The issue's 7.7 MFLOP also counts a tangent product through the first layer,
             // whose input tangent is zero here and so is skipped.
@@ -490,20 +457,8 @@ fn run(args: &Args) -> fdfa::Result<()> {
     if !ratios.is_empty() {
         println!("\nRatios between rules (same run):\n{}", ratios.join("\n"));
     }
-    if !versus.is_empty() && args.batch == 64 {
-        println!(
-            "\nAgainst the alternatives' rates published in the performance issue (batch 64, 2 \
-             threads, this kind of machine{}):\n{}",
-            if threads == 2 {
-                String::new()
-            } else {
-                format!("; this run used {threads} threads, so the ratios compare unequal counts")
-            },
-            versus.join("\n")
-        );
-    }
 
-    if args.scaling && threads > 1 {
+    if args.scaling && args.training && threads > 1 {
         println!(
             "\nScaling, 1 thread vs {threads} (timed alternately, with a bare {}x800x800 sgemm \
              on both pools in each repeat to show how much the extra cores deliver; target >= 1.7x):",

@@ -2,6 +2,8 @@
 //! Fashion-MNIST from the system folder when installed (else MNIST's files, which have the
 //! same layout), and CIFAR-10/100 from tiny files in the official binary layout written here.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -92,6 +94,9 @@ fn write_cifar(path: &Path, records: usize, label_bytes: usize, classes: u8) {
     ignore = "builds and runs the examples: run with --release"
 )]
 fn mnist_fc_and_conv_dry_runs() {
+    let Some(_) = common::mnist_or_skip("mnist_fc_and_conv_dry_runs") else {
+        return;
+    };
     for args in [
         &["--train-mode", "FDFA"][..],
         &["--conv", "--train-mode", "DKP"],
@@ -112,7 +117,10 @@ fn fashion_mnist_dry_run() {
     let dir = if system.join("train-images-idx3-ubyte.gz").exists() {
         system.to_path_buf()
     } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist")
+        let Some(mnist) = common::mnist_or_skip("fashion_mnist_dry_run") else {
+            return;
+        };
+        mnist
     };
     let logs = scratch("fashion");
     assert_one_row(&run_example(
@@ -205,6 +213,9 @@ fn wrong_flag_values_get_a_clear_message() {
     ignore = "builds and runs the examples: run with --release"
 )]
 fn a_rule_written_outside_the_crate_trains() {
+    let Some(_) = common::mnist_or_skip("a_rule_written_outside_the_crate_trains") else {
+        return;
+    };
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
         "run",
@@ -239,6 +250,9 @@ fn a_rule_written_outside_the_crate_trains() {
     ignore = "builds and runs the examples: run with --release"
 )]
 fn mnist_dry_run_measures_alignment_beside_the_log() {
+    let Some(_) = common::mnist_or_skip("mnist_dry_run_measures_alignment_beside_the_log") else {
+        return;
+    };
     let logs = scratch("alignment");
     let args = [
         "--train-mode",

@@ -2,7 +2,10 @@
 //! accuracies the reference reaches: FC-2 at least 96.5% under BP and FDFA and 94% under DFA
 //! and DKP; the shallow CNN at least 98% under FDFA.
 //!
-//! These train for real and need `cargo test --release`; a debug build skips them.
+//! These train for real and need `cargo test --release`; a debug build skips them, and so
+//! does a copy without `data/mnist` (the published package), saying so.
+
+mod common;
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -11,9 +14,8 @@ use fdfa::data::{DatasetName, load};
 use fdfa::rules::RuleKind;
 use fdfa::train::{TrainConfig, Trainer};
 
-fn one_epoch(kind: RuleKind, conv: bool) -> f64 {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist");
-    let (train, test) = load(DatasetName::Mnist, Some(&dir)).unwrap();
+fn one_epoch(dir: &Path, kind: RuleKind, conv: bool) -> f64 {
+    let (train, test) = load(DatasetName::Mnist, Some(dir)).unwrap();
     let mut rng = fdfa::init::rng(1);
     let model = if conv {
         fdfa::model::shallow_cnn(&[1, 28, 28], 10, &mut rng).unwrap()
@@ -42,7 +44,8 @@ macro_rules! accuracy_test {
         #[test]
         #[cfg_attr(debug_assertions, ignore = "trains on all of MNIST: run with --release")]
         fn $name() {
-            let acc = one_epoch($kind, $conv);
+            let Some(dir) = common::mnist_or_skip(stringify!($name)) else { return };
+            let acc = one_epoch(&dir, $kind, $conv);
             assert!(acc >= $min, "test accuracy {acc:.2}% below {}%", $min);
         }
     )*};

@@ -6,6 +6,8 @@
 //! is still computed by one sgemm over the whole inner dimension, so the result does not
 //! depend on the number of threads.
 
+use std::cell::Cell;
+
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
@@ -33,8 +35,68 @@ fn block_len(len: usize, blocks: usize) -> usize {
     len.div_ceil(blocks.max(1)).div_ceil(16).max(1) * 16
 }
 
+/// Whether `alpha * x` is exact for every normal `x` whose product stays normal: 1, or a power
+/// of two.
+///
+/// matrixmultiply's FMA kernels (AVX2 8x8 tiles, AVX-512 16x16 tiles) apply `alpha` in one
+/// fused step inside a tile, `round(alpha AB + C)`, and in two roundings on an edge tile,
+/// `round(round(alpha AB) + C)`, with `C` the previous 256-deep pass's sum after the first;
+/// which elements lie on an edge tile follows the tile size, so the bits would follow the
+/// instruction set. The two agree when `alpha AB` is exact; any other `alpha` is folded into
+/// a copy of the smaller operand first ([`with_scaled`]), so that the kernels only ever see
+/// an exact one.
+fn exact_alpha(alpha: f32) -> bool {
+    alpha == 1.0 || (alpha.is_normal() && alpha.to_bits() & 0x007f_ffff == 0)
+}
+
+thread_local! {
+    /// The scaled copy of an operand; reused, so that steady steps allocate nothing.
+    static SCALED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f(1, A', B')` with `alpha` folded into whichever of `A` and `B` is smaller
+/// (`A' = alpha A` or `B' = alpha B`, each element rounded once), when `alpha` is not
+/// [`exact_alpha`]; otherwise `f(alpha, A, B)`.
+fn with_scaled(
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    f: impl FnOnce(f32, ArrayView2<'_, f32>, ArrayView2<'_, f32>),
+) {
+    if exact_alpha(alpha) {
+        return f(alpha, a, b);
+    }
+    // Taken out of the thread-local rather than borrowed: a product split over the pool may
+    // run another product on this thread while waiting.
+    let mut buf = SCALED.with(Cell::take);
+    let scale_a = a.len() <= b.len();
+    let src = if scale_a { a } else { b };
+    buf.clear();
+    buf.extend(src.iter().map(|&v| alpha * v));
+    match ArrayView2::from_shape(src.dim(), &buf[..]) {
+        Ok(scaled) if scale_a => f(1.0, scaled, b),
+        Ok(scaled) => f(1.0, a, scaled),
+        // Unreachable: the buffer holds the operand's elements in logical order.
+        Err(_) => f(alpha, a, b),
+    }
+    SCALED.with(|cell| cell.set(buf));
+}
+
 /// `C <- alpha * A B + beta * C`.
 pub(crate) fn gemm(
+    alpha: f32,
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    beta: f32,
+    c: ArrayViewMut2<'_, f32>,
+) {
+    with_scaled(alpha, a, b, |alpha, a, b| {
+        gemm_parallel(alpha, a, b, beta, c)
+    });
+}
+
+/// [`gemm`] once `alpha` is exact.
+fn gemm_parallel(
     alpha: f32,
     a: ArrayView2<'_, f32>,
     b: ArrayView2<'_, f32>,
@@ -71,7 +133,9 @@ pub(crate) fn gemm_serial(
     beta: f32,
     mut c: ArrayViewMut2<'_, f32>,
 ) {
-    general_mat_mul(alpha, &a, &b, beta, &mut c);
+    with_scaled(alpha, a, b, |alpha, a, b| {
+        general_mat_mul(alpha, &a, &b, beta, &mut c);
+    });
 }
 
 #[cfg(test)]

@@ -79,6 +79,11 @@ fn log_of(stdout: &str) -> String {
 
 #[test]
 fn a_nan_stops_the_example_which_then_resumes_from_its_last_checkpoint() {
+    let Some(_) = crate::common::mnist_or_skip(
+        "a_nan_stops_the_example_which_then_resumes_from_its_last_checkpoint",
+    ) else {
+        return;
+    };
     let tmp = TempDir::new("example-nan");
     let one = ["--n-layers", "1", "--epochs", "2"];
     // 4 batches an epoch: the poison lands before epoch 2's second batch.
@@ -112,6 +117,11 @@ fn a_nan_stops_the_example_which_then_resumes_from_its_last_checkpoint() {
 
 #[test]
 fn an_absurd_learning_rate_stops_the_example_with_the_tensor_named() {
+    let Some(_) = crate::common::mnist_or_skip(
+        "an_absurd_learning_rate_stops_the_example_with_the_tensor_named",
+    ) else {
+        return;
+    };
     let tmp = TempDir::new("example-lr");
     let out = run(&small(
         tmp.path(),
@@ -128,6 +138,11 @@ fn an_absurd_learning_rate_stops_the_example_with_the_tensor_named() {
 
 #[test]
 fn resuming_with_another_rule_is_refused_naming_the_setting() {
+    let Some(_) =
+        crate::common::mnist_or_skip("resuming_with_another_rule_is_refused_naming_the_setting")
+    else {
+        return;
+    };
     let tmp = TempDir::new("example-refused");
     let out = run(&small(tmp.path(), &["--n-layers", "0", "--epochs", "1"]));
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -157,6 +172,11 @@ fn resuming_with_another_rule_is_refused_naming_the_setting() {
 #[cfg(unix)]
 #[test]
 fn ctrl_c_saves_exits_cleanly_and_the_run_resumes_exactly() {
+    let Some(_) =
+        crate::common::mnist_or_skip("ctrl_c_saves_exits_cleanly_and_the_run_resumes_exactly")
+    else {
+        return;
+    };
     let tmp = TempDir::new("example-ctrl-c");
     let mut args = small(&tmp.path().join("a"), &["--n-layers", "0"]);
     args.extend(["--epochs", "1000", "--checkpoint-every", "3"].map(String::from));

@@ -3,7 +3,10 @@
 //!
 //! One binary (`cargo test --test checkpoint`), one file per subject. Training runs use FC-2
 //! of width 32 on the first 1024 training and 512 test samples of the real MNIST in
-//! `data/mnist`.
+//! `data/mnist`; without it (the published package) those tests skip, saying so.
+
+#[path = "../common/mod.rs"]
+mod common;
 
 mod example;
 mod guard;

@@ -108,6 +108,9 @@ fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 #[test]
 fn defective_tensors_are_named() {
+    let Some(_) = crate::common::mnist_or_skip("defective_tensors_are_named") else {
+        return;
+    };
     let s = saved("tensors");
     let nan_at_3 = |e: &mut Entry| e.data[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
     let cases: Vec<(Vec<u8>, String)> = vec![
@@ -165,6 +168,10 @@ fn defective_tensors_are_named() {
 
 #[test]
 fn truncated_and_garbled_tensor_files_are_errors() {
+    let Some(_) = crate::common::mnist_or_skip("truncated_and_garbled_tensor_files_are_errors")
+    else {
+        return;
+    };
     let s = saved("files");
     let len = s.bytes.len();
     let header = u64::from_le_bytes(s.bytes[..8].try_into().unwrap());
@@ -206,6 +213,9 @@ fn truncated_and_garbled_tensor_files_are_errors() {
 
 #[test]
 fn garbled_state_files_are_errors() {
+    let Some(_) = crate::common::mnist_or_skip("garbled_state_files_are_errors") else {
+        return;
+    };
     let s = saved("state");
     let state_path = s.dir.join("state.json");
     let mut json: serde_json::Value = serde_json::from_str(&s.state).unwrap();
@@ -261,6 +271,11 @@ fn garbled_state_files_are_errors() {
 
 #[test]
 fn models_load_alone_from_trainer_checkpoints_and_refuse_bad_tensors() {
+    let Some(_) = crate::common::mnist_or_skip(
+        "models_load_alone_from_trainer_checkpoints_and_refuse_bad_tensors",
+    ) else {
+        return;
+    };
     let s = saved("model");
     let fresh = || {
         let mut rng = fdfa::init::rng(99);

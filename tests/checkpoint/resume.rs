@@ -35,27 +35,47 @@ fn resume_within_epochs(rule: RuleKind) {
 
 #[test]
 fn fdfa_resumed_after_every_epoch_is_bit_identical() {
+    let Some(_) = crate::common::mnist_or_skip("fdfa_resumed_after_every_epoch_is_bit_identical")
+    else {
+        return;
+    };
     resume_by_epochs(RuleKind::Fdfa);
 }
 
 #[test]
 fn dkp_resumed_after_every_epoch_is_bit_identical() {
+    let Some(_) = crate::common::mnist_or_skip("dkp_resumed_after_every_epoch_is_bit_identical")
+    else {
+        return;
+    };
     resume_by_epochs(RuleKind::Dkp);
 }
 
 #[test]
 fn dfa_and_bp_resumed_after_every_epoch_are_bit_identical() {
+    let Some(_) =
+        crate::common::mnist_or_skip("dfa_and_bp_resumed_after_every_epoch_are_bit_identical")
+    else {
+        return;
+    };
     resume_by_epochs(RuleKind::Dfa);
     resume_by_epochs(RuleKind::Bp);
 }
 
 #[test]
 fn fdfa_resumed_within_epochs_is_bit_identical() {
+    let Some(_) = crate::common::mnist_or_skip("fdfa_resumed_within_epochs_is_bit_identical")
+    else {
+        return;
+    };
     resume_within_epochs(RuleKind::Fdfa);
 }
 
 #[test]
 fn dkp_resumed_within_epochs_is_bit_identical() {
+    let Some(_) = crate::common::mnist_or_skip("dkp_resumed_within_epochs_is_bit_identical") else {
+        return;
+    };
     resume_within_epochs(RuleKind::Dkp);
 }
 
@@ -71,6 +91,11 @@ fn files(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn an_interrupted_save_leaves_the_previous_checkpoint_whole() {
+    let Some(_) =
+        crate::common::mnist_or_skip("an_interrupted_save_leaves_the_previous_checkpoint_whole")
+    else {
+        return;
+    };
     let tmp = TempDir::new("interrupted-save");
     let ckpt = tmp.path().join("ckpt");
     let mut log = CsvLog::open(tmp.path().join("log.csv")).unwrap();
@@ -128,6 +153,11 @@ fn refused(setup: Setup, dir: &std::path::Path) -> Error {
 
 #[test]
 fn resuming_with_another_rule_network_or_setting_is_refused() {
+    let Some(_) =
+        crate::common::mnist_or_skip("resuming_with_another_rule_network_or_setting_is_refused")
+    else {
+        return;
+    };
     let tmp = TempDir::new("incompatible");
     let ckpt = tmp.path().join("ckpt");
     let setup = Setup::new(RuleKind::Fdfa).epochs(1);
@@ -198,6 +228,11 @@ fn resuming_with_another_rule_network_or_setting_is_refused() {
 /// file must be the gradient of PyTorch's layout, scaled, whatever layout the layer keeps.
 #[test]
 fn weights_and_their_moments_are_written_in_pytorch_layout() {
+    let Some(_) =
+        crate::common::mnist_or_skip("weights_and_their_moments_are_written_in_pytorch_layout")
+    else {
+        return;
+    };
     let tmp = TempDir::new("layout");
     let mut t = Setup::new(RuleKind::Bp).epochs(1).trainer();
     t.train_epoch(&super::mnist().0, &mut |_| std::ops::ControlFlow::Break(()))

@@ -15,7 +15,11 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+mod data_skip;
 pub mod models;
+
+#[allow(unused_imports)] // used by the binaries that read data/mnist
+pub use data_skip::mnist_or_skip;
 
 use fdfa::layers::{Layer, Param, ParamMut, State, StateMut};
 use fdfa::{Dual, Error, Tensor};

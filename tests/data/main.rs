@@ -4,6 +4,9 @@
 //!
 //! One binary (`cargo test --test data`), one file per subject.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod cifar;
 mod features;
 mod idx;
@@ -90,8 +93,11 @@ pub fn data_kind<T: std::fmt::Debug>(result: fdfa::Result<T>, path: &Path) -> Da
 
 #[test]
 fn real_mnist_has_the_published_counts_shapes_and_labels() {
-    let dir = Path::new("data/mnist");
-    let (train, test) = load_mnist(dir).unwrap();
+    let Some(dir) = common::mnist_or_skip("real_mnist_has_the_published_counts_shapes_and_labels")
+    else {
+        return;
+    };
+    let (train, test) = load_mnist(&dir).unwrap();
     assert_eq!((train.len(), test.len()), (60_000, 10_000));
     assert_eq!(train.sample_shape(), [1, 28, 28]);
     assert_eq!(test.sample_shape(), [1, 28, 28]);

@@ -228,6 +228,10 @@ fn scaled(l: &LayerAlignment, s: f64) -> LayerAlignment {
     ignore = "trains FC-2 on 20k MNIST samples; run with --release"
 )]
 fn fdfa_aligns_best_with_backpropagation_on_mnist() -> Result<()> {
+    let Some(_) = crate::common::mnist_or_skip("fdfa_aligns_best_with_backpropagation_on_mnist")
+    else {
+        return Ok(());
+    };
     let mut results = Vec::new();
     for kind in [RuleKind::Fdfa, RuleKind::Dkp, RuleKind::Dfa] {
         let layers = mnist_alignment(kind, 20_000)?;

@@ -4,6 +4,9 @@
 //! One test binary, a file per subject. Everything but the MNIST alignment test runs on
 //! small networks in well under a second in release.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod alignment;
 mod directions;
 mod forward_gradient;
