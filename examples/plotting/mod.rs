@@ -7,12 +7,14 @@
 
 #![allow(dead_code)]
 
+mod bands;
 mod draw;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use bands::{MeanCurve, plot_mean_curves};
 use draw::{COLORS, Chart, Line, draw, layer_shade};
 
 /// What went wrong while plotting.
