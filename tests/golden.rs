@@ -420,3 +420,423 @@ golden! {
     cnn_dkp => "cnn_dkp.json",
     cnn_fdfa => "cnn_fdfa.json",
 }
+
+// ---------------------------------------------------------------------------------------------
+// FDFA's output tangent, bounded by the magnitude of its terms.
+//
+// The tangent reaching the logits is a long sum: every layer's JVP is a dot product, and
+// BatchNorm's, `(dt - mean(dt) - xh mean(xh dt)) / sigma`, subtracts nearly equal numbers when
+// the batch is small. The rounding error of a float32 implementation of such a computation is
+// bounded by the unit roundoff times the number of roundings along the way times the same
+// computation carried out on the terms' magnitudes (every coefficient and every input replaced
+// by its absolute value, every subtraction by an addition): Higham's running error bound for
+// sums of products, composed layer by layer. The code below carries that magnitude `m` in
+// float64 beside the primal value and the tangent, from the reference's state, input and
+// directions.
+
+/// A batch of `[n, c, h, w]` activations (`h = w = 1` for features) with tangent and the
+/// magnitude of the tangent's terms.
+#[derive(Clone)]
+struct Carried {
+    dims: [usize; 4],
+    v: Vec<f64>,
+    t: Vec<f64>,
+    m: Vec<f64>,
+}
+
+impl Carried {
+    fn input(dims: [usize; 4], v: Vec<f64>) -> Self {
+        let len = v.len();
+        assert_eq!(len, dims.iter().product::<usize>());
+        Self {
+            dims,
+            v,
+            t: vec![0.0; len],
+            m: vec![0.0; len],
+        }
+    }
+
+    fn at(&self, n: usize, c: usize, y: usize, x: usize) -> usize {
+        let [_, cs, h, w] = self.dims;
+        ((n * cs + c) * h + y) * w + x
+    }
+
+    /// Adds a feedback point's direction to the tangent.
+    fn point(mut self, u: &[f64]) -> Self {
+        assert_eq!(u.len(), self.t.len());
+        for i in 0..u.len() {
+            self.t[i] += u[i];
+            self.m[i] += u[i].abs();
+        }
+        self
+    }
+
+    /// `weight` `[out, c h w]` (flattening the features), `bias` `[out]`.
+    fn linear(&self, weight: &[f64], bias: &[f64]) -> Self {
+        let n = self.dims[0];
+        let inp = self.v.len() / n;
+        let out = bias.len();
+        assert_eq!(weight.len(), out * inp);
+        let mut r = Self::input([n, out, 1, 1], vec![0.0; n * out]);
+        for s in 0..n {
+            for o in 0..out {
+                let (mut v, mut t, mut m) = (bias[o], 0.0, 0.0);
+                for k in 0..inp {
+                    let wk = weight[o * inp + k];
+                    v += wk * self.v[s * inp + k];
+                    t += wk * self.t[s * inp + k];
+                    m += wk.abs() * self.m[s * inp + k];
+                }
+                (r.v[s * out + o], r.t[s * out + o], r.m[s * out + o]) = (v, t, m);
+            }
+        }
+        r
+    }
+
+    /// 3x3 convolution with padding 1: `weight` `[out, c, 3, 3]`.
+    fn conv3x3(&self, weight: &[f64], bias: &[f64]) -> Self {
+        let [n, c, h, w] = self.dims;
+        let out = bias.len();
+        let mut r = Self::input([n, out, h, w], vec![0.0; n * out * h * w]);
+        for s in 0..n {
+            for o in 0..out {
+                for y in 0..h {
+                    for x in 0..w {
+                        let (mut v, mut t, mut m) = (bias[o], 0.0, 0.0);
+                        for i in 0..c {
+                            for ky in 0..3 {
+                                for kx in 0..3 {
+                                    let (yy, xx) = (y + ky, x + kx);
+                                    if yy < 1 || xx < 1 || yy > h || xx > w {
+                                        continue;
+                                    }
+                                    let wk = weight[((o * c + i) * 3 + ky) * 3 + kx];
+                                    let j = self.at(s, i, yy - 1, xx - 1);
+                                    v += wk * self.v[j];
+                                    t += wk * self.t[j];
+                                    m += wk.abs() * self.m[j];
+                                }
+                            }
+                        }
+                        let k = r.at(s, o, y, x);
+                        (r.v[k], r.t[k], r.m[k]) = (v, t, m);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// BatchNorm in training mode, statistics per channel over batch and space; the tangent
+    /// is `gamma (dt - mean(dt) - xh mean(xh dt)) / sigma`, its terms' magnitude the same with
+    /// every minus a plus and every factor in absolute value.
+    fn batch_norm(&self, gamma: &[f64], beta: &[f64]) -> Self {
+        let [n, c, h, w] = self.dims;
+        let count = (n * h * w) as f64;
+        let mut r = self.clone();
+        for ch in 0..c {
+            let idx: Vec<usize> = (0..n)
+                .flat_map(|s| (0..h * w).map(move |p| (s * c + ch) * h * w + p))
+                .collect();
+            let mean = idx.iter().map(|&i| self.v[i]).sum::<f64>() / count;
+            let var = idx.iter().map(|&i| (self.v[i] - mean).powi(2)).sum::<f64>() / count;
+            let sigma = (var + 1e-5).sqrt();
+            let xh: Vec<f64> = idx.iter().map(|&i| (self.v[i] - mean) / sigma).collect();
+            let mean_t = idx.iter().map(|&i| self.t[i]).sum::<f64>() / count;
+            let mean_xt = idx
+                .iter()
+                .zip(&xh)
+                .map(|(&i, x)| x * self.t[i])
+                .sum::<f64>()
+                / count;
+            let mean_m = idx.iter().map(|&i| self.m[i]).sum::<f64>() / count;
+            let mean_xm = idx
+                .iter()
+                .zip(&xh)
+                .map(|(&i, x)| x.abs() * self.m[i])
+                .sum::<f64>()
+                / count;
+            for (&i, &x) in idx.iter().zip(&xh) {
+                r.v[i] = gamma[ch] * x + beta[ch];
+                r.t[i] = gamma[ch] * (self.t[i] - mean_t - x * mean_xt) / sigma;
+                r.m[i] = gamma[ch].abs() * (self.m[i] + mean_m + x.abs() * mean_xm) / sigma;
+            }
+        }
+        r
+    }
+
+    fn relu(mut self) -> Self {
+        for i in 0..self.v.len() {
+            if self.v[i] <= 0.0 {
+                (self.v[i], self.t[i], self.m[i]) = (0.0, 0.0, 0.0);
+            }
+        }
+        self
+    }
+
+    /// Max pooling, window 3, stride 2: value, tangent and magnitude of the maximum.
+    fn max_pool3s2(&self) -> Self {
+        let [n, c, h, w] = self.dims;
+        let (oh, ow) = ((h - 3) / 2 + 1, (w - 3) / 2 + 1);
+        let mut r = Self::input([n, c, oh, ow], vec![0.0; n * c * oh * ow]);
+        for s in 0..n {
+            for ch in 0..c {
+                for y in 0..oh {
+                    for x in 0..ow {
+                        let mut best = self.at(s, ch, 2 * y, 2 * x);
+                        for ky in 0..3 {
+                            for kx in 0..3 {
+                                let j = self.at(s, ch, 2 * y + ky, 2 * x + kx);
+                                if self.v[j] > self.v[best] {
+                                    best = j;
+                                }
+                            }
+                        }
+                        let k = r.at(s, ch, y, x);
+                        (r.v[k], r.t[k], r.m[k]) = (self.v[best], self.t[best], self.m[best]);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    /// Adaptive average pooling to 2x2 (PyTorch's windows `[floor(i h / 2), ceil((i+1) h / 2))`).
+    fn adaptive_avg_pool2(&self) -> Self {
+        let [n, c, h, w] = self.dims;
+        let mut r = Self::input([n, c, 2, 2], vec![0.0; n * c * 4]);
+        for s in 0..n {
+            for ch in 0..c {
+                for y in 0..2 {
+                    for x in 0..2 {
+                        let (y0, y1) = (y * h / 2, ((y + 1) * h).div_ceil(2));
+                        let (x0, x1) = (x * w / 2, ((x + 1) * w).div_ceil(2));
+                        let cnt = ((y1 - y0) * (x1 - x0)) as f64;
+                        let k = r.at(s, ch, y, x);
+                        for yy in y0..y1 {
+                            for xx in x0..x1 {
+                                let j = self.at(s, ch, yy, xx);
+                                r.v[k] += self.v[j] / cnt;
+                                r.t[k] += self.t[j] / cnt;
+                                r.m[k] += self.m[j] / cnt;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    fn flatten(mut self) -> Self {
+        let n = self.dims[0];
+        self.dims = [n, self.v.len() / n, 1, 1];
+        self
+    }
+}
+
+/// The golden networks in float64 from a `state_dict`, with the directions of the feedback
+/// points: the logits with their tangent and its terms' magnitude, and the roundings a float32
+/// implementation makes along the longest path to an output tangent element (the lengths of
+/// the sums it computes, layer by layer, plus a few elementwise operations per layer).
+fn carried_logits(
+    case: &str,
+    state: &BTreeMap<String, Value>,
+    x: &[f64],
+    n: usize,
+    directions: &[Vec<f64>],
+) -> (Carried, f64) {
+    let p = |name: &str| values(&state[name]);
+    let linear =
+        |a: &Carried, l: &str| a.linear(&p(&format!("{l}.weight")), &p(&format!("{l}.bias")));
+    let bn =
+        |a: &Carried, l: &str| a.batch_norm(&p(&format!("{l}.weight")), &p(&format!("{l}.bias")));
+    if case == "fc" {
+        let a = Carried::input([n, 6, 1, 1], x.to_vec());
+        let a = bn(&linear(&a, "fc_hidden.0"), "bn_hidden.0")
+            .relu()
+            .point(&directions[0]);
+        let a = bn(&linear(&a, "fc_hidden.1"), "bn_hidden.1")
+            .relu()
+            .point(&directions[1]);
+        // Sums of 6, n, n, 5, n, n, 4 terms; 6 elementwise roundings per block.
+        let roundings = (6 + 5 + 4 + 4 * n + 3 * 6) as f64;
+        (linear(&a, "fc_out"), roundings)
+    } else {
+        let conv =
+            |a: &Carried, l: &str| a.conv3x3(&p(&format!("{l}.weight")), &p(&format!("{l}.bias")));
+        let a = Carried::input([n, 2, 8, 8], x.to_vec());
+        let a = bn(&conv(&a, "conv_1"), "bn_1").relu().point(&directions[0]);
+        let a = bn(&conv(&a, "conv_2"), "bn_2").relu();
+        let a = a
+            .max_pool3s2()
+            .adaptive_avg_pool2()
+            .flatten()
+            .point(&directions[1]);
+        let a = bn(&linear(&a, "linear_1"), "linear_1_bn")
+            .relu()
+            .point(&directions[2]);
+        // Sums of 18, 64 n, 64 n, 27, 64 n, 64 n, 4, 16, n, n, 5 terms; 6 elementwise
+        // roundings per block.
+        let roundings = (18 + 27 + 4 + 16 + 5 + 256 * n + 2 * n + 4 * 6) as f64;
+        (linear(&a, "fc_out"), roundings)
+    }
+}
+
+/// Float32's unit roundoff.
+const UNIT_ROUNDOFF: f64 = f32::EPSILON as f64 / 2.0;
+
+/// Runs the crate's FDFA step from `state` on `x` with `directions` and returns the tangent
+/// reaching its logits.
+fn crate_output_tangent(
+    case: &str,
+    state: &BTreeMap<String, Value>,
+    x: &Tensor,
+    directions: &[Tensor],
+) -> Vec<f32> {
+    let mut model = if case == "fc" {
+        fc_model()
+    } else {
+        cnn_model()
+    };
+    let mut rule = Fdfa::new(&model);
+    load_state(&mut model, &mut rule, state);
+    let targets: Vec<usize> = (0..x.batch()).map(|i| i % 3).collect();
+    rule.step_with_directions(&mut model, x, &targets, directions)
+        .unwrap();
+    model.output().unwrap().tangent().unwrap().data().to_vec()
+}
+
+/// Fails unless every element of `got` lies within `K u m` of `exact`, `K` the roundings of
+/// the longest path, `u` float32's unit roundoff and `m` the magnitude of the element's terms.
+fn assert_within_terms(what: &str, got: &[f32], exact: &Carried, roundings: f64) {
+    assert_eq!(got.len(), exact.t.len(), "{what}: length");
+    let mut worst = (0.0f64, 0usize);
+    for (i, &g) in got.iter().enumerate() {
+        // The smallest normal float32 covers an element whose terms are all zero.
+        let bound = roundings * UNIT_ROUNDOFF * exact.m[i] + f32::MIN_POSITIVE as f64;
+        let ratio = (g as f64 - exact.t[i]).abs() / bound;
+        if ratio > worst.0 {
+            worst = (ratio, i);
+        }
+    }
+    let i = worst.1;
+    if std::env::var("GOLDEN_DEBUG").is_ok() {
+        eprintln!("{what}: worst error / bound {:.4} at {i}", worst.0);
+    }
+    assert!(
+        worst.0 <= 1.0,
+        "{what}: element {i} is {} but exactly {} (terms of magnitude {}, {roundings} roundings)",
+        got[i],
+        exact.t[i],
+        exact.m[i]
+    );
+}
+
+/// A float32-representable standard normal sample stream (splitmix64 and Box-Muller), so the
+/// exact computation sees the very numbers the crate gets.
+fn normals(seed: u64, len: usize) -> Vec<f64> {
+    let mut s = seed;
+    let mut uniform = || {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..len)
+        .map(|_| {
+            let (a, b) = (uniform(), uniform());
+            ((-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()) as f32 as f64
+        })
+        .collect()
+}
+
+fn to_tensor(dims: &[usize], v: &[f64]) -> Tensor {
+    Tensor::from_vec(dims, v.iter().map(|&x| x as f32).collect()).unwrap()
+}
+
+#[test]
+fn fdfa_output_tangent_within_the_magnitude_of_its_terms() {
+    for case in ["fc", "cnn"] {
+        let file = format!("{case}_fdfa.json");
+        let text = std::fs::read_to_string(format!(
+            "{}/tests/golden/{file}",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let doc: Value = serde_json::from_str(&text).unwrap();
+        let mut state: BTreeMap<String, Value> =
+            serde_json::from_value(doc["state_init"].clone()).unwrap();
+        for (k, step) in doc["steps"].as_array().unwrap().iter().enumerate() {
+            let what = format!("{file} step {k}");
+            let x = tensor(&step["x"]);
+            let n = x.batch();
+            let directions: Vec<Vec<f64>> = step["directions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(values)
+                .collect();
+            let (exact, roundings) =
+                carried_logits(case, &state, &values(&step["x"]), n, &directions);
+            // The float64 model is the reference's computation: its logits and tangent agree
+            // with the reference's to float64 rounding, relative to the terms' magnitude.
+            let (logits, tangent) = (values(&step["logits"]), values(&step["output_tangent"]));
+            for i in 0..tangent.len() {
+                assert!(
+                    (exact.v[i] - logits[i]).abs() <= 1e-9 * (1.0 + logits[i].abs()),
+                    "{what} logit {i}"
+                );
+                assert!(
+                    (exact.t[i] - tangent[i]).abs() <= 1e-12 * exact.m[i] + 1e-15,
+                    "{what} output tangent {i}: {} against the reference's {}",
+                    exact.t[i],
+                    tangent[i]
+                );
+            }
+            let dirs: Vec<Tensor> = step["directions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(tensor)
+                .collect();
+            let got = crate_output_tangent(case, &state, &x, &dirs);
+            assert_within_terms(&format!("{what} output tangent"), &got, &exact, roundings);
+            state = serde_json::from_value(step["state_after"].clone()).unwrap();
+        }
+        // Other batch sizes, where BatchNorm over two or three samples cancels hardest: the
+        // float64 model is the reference here.
+        let init: BTreeMap<String, Value> =
+            serde_json::from_value(doc["state_init"].clone()).unwrap();
+        let (input, points): (&[usize], Vec<Vec<usize>>) = if case == "fc" {
+            (&[6], vec![vec![5], vec![4]])
+        } else {
+            (&[2, 8, 8], vec![vec![3, 8, 8], vec![16], vec![5]])
+        };
+        for (j, n) in [2usize, 3, 7, 16].into_iter().enumerate() {
+            let dims = |shape: &[usize]| [vec![n], shape.to_vec()].concat();
+            let len = |shape: &[usize]| n * shape.iter().product::<usize>();
+            let x = normals(100 + j as u64, len(input));
+            let directions: Vec<Vec<f64>> = points
+                .iter()
+                .enumerate()
+                .map(|(p, shape)| normals(200 + 10 * j as u64 + p as u64, len(shape)))
+                .collect();
+            let (exact, roundings) = carried_logits(case, &init, &x, n, &directions);
+            let dirs: Vec<Tensor> = points
+                .iter()
+                .zip(&directions)
+                .map(|(shape, d)| to_tensor(&dims(shape), d))
+                .collect();
+            let got = crate_output_tangent(case, &init, &to_tensor(&dims(input), &x), &dirs);
+            assert_within_terms(
+                &format!("{case} batch of {n} output tangent"),
+                &got,
+                &exact,
+                roundings,
+            );
+        }
+    }
+}
