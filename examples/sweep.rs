@@ -796,7 +796,8 @@ fn summarize(sweep: &Sweep) -> Res<String> {
             continue;
         }
         let key = network.to_lowercase().replace('-', "");
-        let quantities: [(&str, &str, fn(&stats::SeedCurve) -> &[f64]); 2] = [
+        type Pick = fn(&stats::SeedCurve) -> &[f64];
+        let quantities: [(&str, &str, Pick); 2] = [
             ("accuracy", "test accuracy (%)", |c| &c.accuracy),
             ("loss", "test loss", |c| &c.test_loss),
         ];

@@ -464,9 +464,9 @@ impl Carried {
     /// Adds a feedback point's direction to the tangent.
     fn point(mut self, u: &[f64]) -> Self {
         assert_eq!(u.len(), self.t.len());
-        for i in 0..u.len() {
-            self.t[i] += u[i];
-            self.m[i] += u[i].abs();
+        for ((t, m), &d) in self.t.iter_mut().zip(&mut self.m).zip(u) {
+            *t += d;
+            *m += d.abs();
         }
         self
     }
