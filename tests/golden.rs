@@ -434,8 +434,18 @@ golden! {
 // float64 beside the primal value and the tangent, from the reference's state, input and
 // directions.
 
-/// A batch of `[n, c, h, w]` activations (`h = w = 1` for features) with tangent and the
-/// magnitude of the tangent's terms.
+/// What the magnitude `m` carried beside an activation bounds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bound {
+    /// The sum of the magnitudes of the terms of the tangent (forward-mode JVP).
+    TangentTerms,
+    /// How far the activation can move, to first order, when every parameter moves by up to
+    /// its drift.
+    Perturbation,
+}
+
+/// A batch of `[n, c, h, w]` activations (`h = w = 1` for features) with its tangent and a
+/// magnitude `m` (see [`Bound`]).
 #[derive(Clone)]
 struct Carried {
     dims: [usize; 4],
@@ -471,8 +481,9 @@ impl Carried {
         self
     }
 
-    /// `weight` `[out, c h w]` (flattening the features), `bias` `[out]`.
-    fn linear(&self, weight: &[f64], bias: &[f64]) -> Self {
+    /// `weight` `[out, c h w]` (flattening the features), `bias` `[out]`, moving by up to
+    /// `dw` and `db`.
+    fn linear(&self, (weight, dw): (&[f64], &[f64]), (bias, db): (&[f64], &[f64])) -> Self {
         let n = self.dims[0];
         let inp = self.v.len() / n;
         let out = bias.len();
@@ -480,12 +491,12 @@ impl Carried {
         let mut r = Self::input([n, out, 1, 1], vec![0.0; n * out]);
         for s in 0..n {
             for o in 0..out {
-                let (mut v, mut t, mut m) = (bias[o], 0.0, 0.0);
+                let (mut v, mut t, mut m) = (bias[o], 0.0, db[o]);
                 for k in 0..inp {
-                    let wk = weight[o * inp + k];
-                    v += wk * self.v[s * inp + k];
-                    t += wk * self.t[s * inp + k];
-                    m += wk.abs() * self.m[s * inp + k];
+                    let (wk, x) = (weight[o * inp + k], s * inp + k);
+                    v += wk * self.v[x];
+                    t += wk * self.t[x];
+                    m += wk.abs() * self.m[x] + dw[o * inp + k] * self.v[x].abs();
                 }
                 (r.v[s * out + o], r.t[s * out + o], r.m[s * out + o]) = (v, t, m);
             }
@@ -494,7 +505,7 @@ impl Carried {
     }
 
     /// 3x3 convolution with padding 1: `weight` `[out, c, 3, 3]`.
-    fn conv3x3(&self, weight: &[f64], bias: &[f64]) -> Self {
+    fn conv3x3(&self, (weight, dw): (&[f64], &[f64]), (bias, db): (&[f64], &[f64])) -> Self {
         let [n, c, h, w] = self.dims;
         let out = bias.len();
         let mut r = Self::input([n, out, h, w], vec![0.0; n * out * h * w]);
@@ -502,7 +513,7 @@ impl Carried {
             for o in 0..out {
                 for y in 0..h {
                     for x in 0..w {
-                        let (mut v, mut t, mut m) = (bias[o], 0.0, 0.0);
+                        let (mut v, mut t, mut m) = (bias[o], 0.0, db[o]);
                         for i in 0..c {
                             for ky in 0..3 {
                                 for kx in 0..3 {
@@ -510,11 +521,11 @@ impl Carried {
                                     if yy < 1 || xx < 1 || yy > h || xx > w {
                                         continue;
                                     }
-                                    let wk = weight[((o * c + i) * 3 + ky) * 3 + kx];
+                                    let k = ((o * c + i) * 3 + ky) * 3 + kx;
                                     let j = self.at(s, i, yy - 1, xx - 1);
-                                    v += wk * self.v[j];
-                                    t += wk * self.t[j];
-                                    m += wk.abs() * self.m[j];
+                                    v += weight[k] * self.v[j];
+                                    t += weight[k] * self.t[j];
+                                    m += weight[k].abs() * self.m[j] + dw[k] * self.v[j].abs();
                                 }
                             }
                         }
@@ -527,13 +538,20 @@ impl Carried {
         r
     }
 
-    /// BatchNorm in training mode, statistics per channel over batch and space; the tangent
-    /// is `gamma (dt - mean(dt) - xh mean(xh dt)) / sigma`, its terms' magnitude the same with
-    /// every minus a plus and every factor in absolute value.
-    fn batch_norm(&self, gamma: &[f64], beta: &[f64]) -> Self {
+    /// BatchNorm in training mode, statistics per channel over batch and space. The tangent
+    /// is `gamma (dt - mean(dt) - xh mean(xh dt)) / sigma`; its terms' magnitude, and the
+    /// first-order bound on a perturbation, the same with every minus a plus and every
+    /// factor in absolute value. Also returns, per channel, bounds on how far the batch mean
+    /// and the unbiased batch variance (what the running statistics take in) can move.
+    fn batch_norm(
+        &self,
+        (gamma, dgamma): (&[f64], &[f64]),
+        (beta, dbeta): (&[f64], &[f64]),
+    ) -> (Self, Vec<f64>, Vec<f64>) {
         let [n, c, h, w] = self.dims;
         let count = (n * h * w) as f64;
         let mut r = self.clone();
+        let (mut mean_moves, mut var_moves) = (vec![0.0; c], vec![0.0; c]);
         for ch in 0..c {
             let idx: Vec<usize> = (0..n)
                 .flat_map(|s| (0..h * w).map(move |p| (s * c + ch) * h * w + p))
@@ -556,26 +574,43 @@ impl Carried {
                 .map(|(&i, x)| x.abs() * self.m[i])
                 .sum::<f64>()
                 / count;
+            mean_moves[ch] = mean_m;
+            // d var_unbiased = 2 sum (x - mean)(dx - d mean) / (count - 1).
+            var_moves[ch] = 2.0
+                * idx
+                    .iter()
+                    .map(|&i| (self.v[i] - mean).abs() * (self.m[i] + mean_m))
+                    .sum::<f64>()
+                / (count - 1.0);
             for (&i, &x) in idx.iter().zip(&xh) {
                 r.v[i] = gamma[ch] * x + beta[ch];
                 r.t[i] = gamma[ch] * (self.t[i] - mean_t - x * mean_xt) / sigma;
-                r.m[i] = gamma[ch].abs() * (self.m[i] + mean_m + x.abs() * mean_xm) / sigma;
+                r.m[i] = gamma[ch].abs() * (self.m[i] + mean_m + x.abs() * mean_xm) / sigma
+                    + dgamma[ch] * x.abs()
+                    + dbeta[ch];
             }
         }
-        r
+        (r, mean_moves, var_moves)
     }
 
-    fn relu(mut self) -> Self {
+    fn relu(mut self, bound: Bound) -> Self {
         for i in 0..self.v.len() {
             if self.v[i] <= 0.0 {
-                (self.v[i], self.t[i], self.m[i]) = (0.0, 0.0, 0.0);
+                // A perturbation can cross the kink: relu is 1-Lipschitz.
+                let m = match bound {
+                    Bound::TangentTerms => 0.0,
+                    Bound::Perturbation => (self.m[i] + self.v[i]).max(0.0),
+                };
+                (self.v[i], self.t[i], self.m[i]) = (0.0, 0.0, m);
             }
         }
         self
     }
 
-    /// Max pooling, window 3, stride 2: value, tangent and magnitude of the maximum.
-    fn max_pool3s2(&self) -> Self {
+    /// Max pooling, window 3, stride 2: value and tangent of the maximum; the magnitude of
+    /// the maximum's terms, or for a perturbation the largest in the window (the maximum is
+    /// 1-Lipschitz in the largest change).
+    fn max_pool3s2(&self, bound: Bound) -> Self {
         let [n, c, h, w] = self.dims;
         let (oh, ow) = ((h - 3) / 2 + 1, (w - 3) / 2 + 1);
         let mut r = Self::input([n, c, oh, ow], vec![0.0; n * c * oh * ow]);
@@ -584,16 +619,22 @@ impl Carried {
                 for y in 0..oh {
                     for x in 0..ow {
                         let mut best = self.at(s, ch, 2 * y, 2 * x);
+                        let mut largest = 0.0f64;
                         for ky in 0..3 {
                             for kx in 0..3 {
                                 let j = self.at(s, ch, 2 * y + ky, 2 * x + kx);
                                 if self.v[j] > self.v[best] {
                                     best = j;
                                 }
+                                largest = largest.max(self.m[j]);
                             }
                         }
                         let k = r.at(s, ch, y, x);
-                        (r.v[k], r.t[k], r.m[k]) = (self.v[best], self.t[best], self.m[best]);
+                        let m = match bound {
+                            Bound::TangentTerms => self.m[best],
+                            Bound::Perturbation => largest,
+                        };
+                        (r.v[k], r.t[k], r.m[k]) = (self.v[best], self.t[best], m);
                     }
                 }
             }
@@ -635,10 +676,89 @@ impl Carried {
     }
 }
 
-/// The golden networks in float64 from a `state_dict`, with the directions of the feedback
-/// points: the logits with their tangent and its terms' magnitude, and the roundings a float32
-/// implementation makes along the longest path to an output tangent element (the lengths of
-/// the sums it computes, layer by layer, plus a few elementwise operations per layer).
+/// The golden networks in float64, from a `state_dict` whose parameters may each move by up
+/// to `drift` (by name; none when absent).
+struct Replica<'a> {
+    state: &'a BTreeMap<String, Value>,
+    drift: &'a BTreeMap<String, Vec<f64>>,
+    bound: Bound,
+    /// Per BatchNorm buffer (`<layer>.running_mean`, `<layer>.running_var`): how far the
+    /// batch statistic it takes in can move.
+    running: BTreeMap<String, Vec<f64>>,
+}
+
+impl Replica<'_> {
+    fn param(&self, name: &str) -> (Vec<f64>, Vec<f64>) {
+        let v = values(&self.state[name]);
+        let d = self
+            .drift
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| vec![0.0; v.len()]);
+        (v, d)
+    }
+
+    fn linear(&self, a: &Carried, layer: &str) -> Carried {
+        let (w, dw) = self.param(&format!("{layer}.weight"));
+        let (b, db) = self.param(&format!("{layer}.bias"));
+        a.linear((&w, &dw), (&b, &db))
+    }
+
+    fn conv(&self, a: &Carried, layer: &str) -> Carried {
+        let (w, dw) = self.param(&format!("{layer}.weight"));
+        let (b, db) = self.param(&format!("{layer}.bias"));
+        a.conv3x3((&w, &dw), (&b, &db))
+    }
+
+    fn bn(&mut self, a: &Carried, layer: &str) -> Carried {
+        let (g, dg) = self.param(&format!("{layer}.weight"));
+        let (b, db) = self.param(&format!("{layer}.bias"));
+        let (r, mean, var) = a.batch_norm((&g, &dg), (&b, &db));
+        self.running.insert(format!("{layer}.running_mean"), mean);
+        self.running.insert(format!("{layer}.running_var"), var);
+        r
+    }
+
+    /// The logits with their tangent and `m`, given the feedback points' directions, and the
+    /// roundings a float32 implementation makes along the longest path to an output tangent
+    /// element (the lengths of the sums it computes, layer by layer, plus a few elementwise
+    /// operations per layer).
+    fn logits(
+        &mut self,
+        case: &str,
+        x: &[f64],
+        n: usize,
+        directions: &[Vec<f64>],
+    ) -> (Carried, f64) {
+        let bound = self.bound;
+        if case == "fc" {
+            let a = Carried::input([n, 6, 1, 1], x.to_vec());
+            let a = self.linear(&a, "fc_hidden.0");
+            let a = self.bn(&a, "bn_hidden.0").relu(bound).point(&directions[0]);
+            let a = self.linear(&a, "fc_hidden.1");
+            let a = self.bn(&a, "bn_hidden.1").relu(bound).point(&directions[1]);
+            // Sums of 6, n, n, 5, n, n, 4 terms; 6 elementwise roundings per block.
+            let roundings = (6 + 5 + 4 + 4 * n + 3 * 6) as f64;
+            (self.linear(&a, "fc_out"), roundings)
+        } else {
+            let a = Carried::input([n, 2, 8, 8], x.to_vec());
+            let a = self.conv(&a, "conv_1");
+            let a = self.bn(&a, "bn_1").relu(bound).point(&directions[0]);
+            let a = self.conv(&a, "conv_2");
+            let a = self.bn(&a, "bn_2").relu(bound).max_pool3s2(bound);
+            let a = a.adaptive_avg_pool2().flatten().point(&directions[1]);
+            let a = self.linear(&a, "linear_1");
+            let a = self.bn(&a, "linear_1_bn").relu(bound).point(&directions[2]);
+            // Sums of 18, 64 n, 64 n, 27, 64 n, 64 n, 4, 16, n, n, 5 terms; 6 elementwise
+            // roundings per block.
+            let roundings = (18 + 27 + 4 + 16 + 5 + 256 * n + 2 * n + 4 * 6) as f64;
+            (self.linear(&a, "fc_out"), roundings)
+        }
+    }
+}
+
+/// The logits of a golden network in float64 with their tangent and the magnitude of its
+/// terms, and the roundings along the longest path ([`Replica::logits`]).
 fn carried_logits(
     case: &str,
     state: &BTreeMap<String, Value>,
@@ -646,41 +766,14 @@ fn carried_logits(
     n: usize,
     directions: &[Vec<f64>],
 ) -> (Carried, f64) {
-    let p = |name: &str| values(&state[name]);
-    let linear =
-        |a: &Carried, l: &str| a.linear(&p(&format!("{l}.weight")), &p(&format!("{l}.bias")));
-    let bn =
-        |a: &Carried, l: &str| a.batch_norm(&p(&format!("{l}.weight")), &p(&format!("{l}.bias")));
-    if case == "fc" {
-        let a = Carried::input([n, 6, 1, 1], x.to_vec());
-        let a = bn(&linear(&a, "fc_hidden.0"), "bn_hidden.0")
-            .relu()
-            .point(&directions[0]);
-        let a = bn(&linear(&a, "fc_hidden.1"), "bn_hidden.1")
-            .relu()
-            .point(&directions[1]);
-        // Sums of 6, n, n, 5, n, n, 4 terms; 6 elementwise roundings per block.
-        let roundings = (6 + 5 + 4 + 4 * n + 3 * 6) as f64;
-        (linear(&a, "fc_out"), roundings)
-    } else {
-        let conv =
-            |a: &Carried, l: &str| a.conv3x3(&p(&format!("{l}.weight")), &p(&format!("{l}.bias")));
-        let a = Carried::input([n, 2, 8, 8], x.to_vec());
-        let a = bn(&conv(&a, "conv_1"), "bn_1").relu().point(&directions[0]);
-        let a = bn(&conv(&a, "conv_2"), "bn_2").relu();
-        let a = a
-            .max_pool3s2()
-            .adaptive_avg_pool2()
-            .flatten()
-            .point(&directions[1]);
-        let a = bn(&linear(&a, "linear_1"), "linear_1_bn")
-            .relu()
-            .point(&directions[2]);
-        // Sums of 18, 64 n, 64 n, 27, 64 n, 64 n, 4, 16, n, n, 5 terms; 6 elementwise
-        // roundings per block.
-        let roundings = (18 + 27 + 4 + 16 + 5 + 256 * n + 2 * n + 4 * 6) as f64;
-        (linear(&a, "fc_out"), roundings)
-    }
+    let no_drift = BTreeMap::new();
+    let mut replica = Replica {
+        state,
+        drift: &no_drift,
+        bound: Bound::TangentTerms,
+        running: BTreeMap::new(),
+    };
+    replica.logits(case, x, n, directions)
 }
 
 /// Float32's unit roundoff.
@@ -839,4 +932,263 @@ fn fdfa_output_tangent_within_the_magnitude_of_its_terms() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chained replay: the crate's own state carried from step to step.
+//
+// The golden steps above each restart from the reference's state and feed Adam the
+// reference's gradients, so they cannot see drift. Here the crate runs both steps on its own:
+// its gradients go to its optimizers, and its state after step 1 is what step 2 starts from.
+//
+// How far may a parameter drift? The state after Adam is `p - lr r`, where
+// `r = m_hat / (sqrt(v_hat) + eps)` is a weighted sum of the gradient history `g_1 .. g_t`
+// (each with the weight decay term `wd p` added) divided by the root of a weighted sum of
+// their squares. If every gradient of the crate is the reference's times `(1 + e_j)` with
+// `|e_j| <= eta`, the numerator moves by at most `eta sum |a_j g_j|` and the denominator by
+// at most a factor `1 + eta`, so `r` moves by at most `2 eta R_t`, where by Cauchy-Schwarz
+// `R_t = sqrt(sum_j a_j^2 / w_j)` bounds `|r|` over every history (`a_j`, `w_j` the
+// bias-corrected weights of the two moments). `eta` is what the golden gradient checks allow
+// (`ABS + REL scale` over `|g + wd p|`); when that reaches 1 the direction is unknown and the
+// two implementations may step anywhere within `lr R_t` each. A parameter therefore drifts by
+// at most `lr 2 R_t min(eta, 1)` per step on top of the float32 rounding of its value, and the
+// drifts of successive steps add. Errors of the state feed back into the next gradients only
+// through terms far smaller than the gradient tolerance (the state moves by ~1e-7 relative).
+
+/// `R_t`: the largest `|m_hat_t| / sqrt(v_hat_t)` Adam reaches at step `t` for any gradients.
+fn adam_max_step(betas: (f64, f64), t: usize) -> f64 {
+    let (b1, b2) = betas;
+    (1..=t)
+        .map(|j| {
+            let a = (1.0 - b1) * b1.powi((t - j) as i32) / (1.0 - b1.powi(t as i32));
+            let w = (1.0 - b2) * b2.powi((t - j) as i32) / (1.0 - b2.powi(t as i32));
+            a * a / w
+        })
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// The scale the golden checks bound a reference gradient by: `|g|`, or for FDFA's feedback
+/// gradient `B - mean_i d_i u_i^T` the magnitude of its terms.
+fn gradient_scale(want: &[f64], fdfa_point: Option<(&Value, usize, &[f64], usize)>) -> Vec<f64> {
+    match fdfa_point {
+        None => want.iter().map(|w| w.abs()).collect(),
+        Some((step, point, b, n)) => {
+            let d = values(&step["output_tangent"]);
+            let u = values(&step["directions"][point]);
+            let (c, f) = (d.len() / n, u.len() / n);
+            (0..want.len())
+                .map(|j| {
+                    let (cls, feat) = (j / f, j % f);
+                    b[j].abs()
+                        + (0..n)
+                            .map(|i| (d[i * c + cls] * u[i * f + feat]).abs())
+                            .sum::<f64>()
+                            / n as f64
+                })
+                .collect()
+        }
+    }
+}
+
+fn chained(file: &str) {
+    let text = std::fs::read_to_string(format!(
+        "{}/tests/golden/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    let mut model = if doc["case"] == "fc" {
+        fc_model()
+    } else {
+        cnn_model()
+    };
+    let kind = doc["rule"].as_str().unwrap();
+    let is_fdfa = kind == "FDFA";
+    let mut rng = init::rng(0);
+    let mut fdfa_rule = Fdfa::new(&model);
+    let mut other: Box<dyn LearningRule> = match kind {
+        "BP" | "FDFA" => Box::new(fdfa::rules::Bp::new()),
+        "DFA" => Box::new(Dfa::new(&model, &mut rng)),
+        "DKP" => Box::new(Dkp::new(&model)),
+        other => panic!("unknown rule {other}"),
+    };
+    let rule: &mut dyn LearningRule = if is_fdfa {
+        &mut fdfa_rule
+    } else {
+        other.as_mut()
+    };
+    let mut before: BTreeMap<String, Value> =
+        serde_json::from_value(doc["state_init"].clone()).unwrap();
+    load_state(&mut model, rule, &before);
+    let settings = |which: &str| {
+        let v = &doc["optimizer"][which];
+        let f = |key: &str| v[key].as_f64().unwrap();
+        (
+            f("lr"),
+            f("weight_decay"),
+            (
+                v["betas"][0].as_f64().unwrap(),
+                v["betas"][1].as_f64().unwrap(),
+            ),
+        )
+    };
+    let (forward, feedback) = (settings("forward"), settings("feedback"));
+    let mut forward_opt = adam(&doc["optimizer"]["forward"]);
+    let mut feedback_opt = adam(&doc["optimizer"]["feedback"]);
+    // Per parameter element: the largest relative gradient error so far, and the drift.
+    let mut eta: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut drift: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    // Per BatchNorm buffer element: how far it may have moved with the parameters' drift.
+    let mut buffers: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+
+    for (k, step) in doc["steps"].as_array().unwrap().iter().enumerate() {
+        let t = k + 1;
+        let what = format!("{file} chained step {k}");
+        let x = tensor(&step["x"]);
+        let n = x.batch();
+        let targets: Vec<usize> = step["target"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as usize)
+            .collect();
+        if is_fdfa {
+            let directions: Vec<Tensor> = step["directions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(tensor)
+                .collect();
+            fdfa_rule
+                .step_with_directions(&mut model, &x, &targets, &directions)
+                .unwrap();
+        } else {
+            other.step(&mut model, &x, &targets, &mut rng).unwrap();
+        }
+        let rule: &mut dyn LearningRule = if is_fdfa {
+            &mut fdfa_rule
+        } else {
+            other.as_mut()
+        };
+        // The running statistics take in this step's batch statistics, which move with the
+        // drift the parameters carry into this step (momentum 0.1, PyTorch's default).
+        let points: &[usize] = if doc["case"] == "fc" {
+            &[5, 4]
+        } else {
+            &[3 * 8 * 8, 16, 5]
+        };
+        let zero: Vec<Vec<f64>> = points.iter().map(|&d| vec![0.0; n * d]).collect();
+        let mut replica = Replica {
+            state: &before,
+            drift: &drift,
+            bound: Bound::Perturbation,
+            running: BTreeMap::new(),
+        };
+        replica.logits(doc["case"].as_str().unwrap(), &values(&step["x"]), n, &zero);
+        for (name, moved) in replica.running {
+            let old = buffers
+                .entry(name)
+                .or_insert_with(|| vec![0.0; moved.len()]);
+            for (o, m) in old.iter_mut().zip(moved) {
+                *o = 0.9 * *o + 0.1 * m;
+            }
+        }
+        // The drift this step may add, from the reference's gradients and state.
+        let grads: BTreeMap<String, Value> = serde_json::from_value(step["grads"].clone()).unwrap();
+        let mut feedback_names = Vec::new();
+        rule.visit_learned(&mut |name, _| feedback_names.push(name.to_string()));
+        for (name, g) in &grads {
+            let g = values(g);
+            let p = values(&before[name]);
+            let point = feedback_names.iter().position(|f| f == name);
+            let (lr, wd, betas) = if point.is_some() { feedback } else { forward };
+            let fdfa_point = point
+                .filter(|_| is_fdfa)
+                .map(|i| (step, i, p.as_slice(), n));
+            let scale = gradient_scale(&g, fdfa_point);
+            let r = adam_max_step(betas, t);
+            let eta = eta
+                .entry(name.clone())
+                .or_insert_with(|| vec![0.0; g.len()]);
+            let drift = drift
+                .entry(name.clone())
+                .or_insert_with(|| vec![0.0; g.len()]);
+            for j in 0..g.len() {
+                let effective = (g[j] + wd * p[j]).abs();
+                eta[j] = eta[j].max(((ABS + REL * scale[j]) / effective).min(1.0));
+                drift[j] += lr * 2.0 * r * eta[j];
+            }
+        }
+        feedback_opt.step(&mut Learned(rule));
+        forward_opt.step(&mut model as &mut dyn Parameters);
+        let after: BTreeMap<String, Value> =
+            serde_json::from_value(step["state_after"].clone()).unwrap();
+        let compare = |name: &str, got: &[f32]| {
+            let want = values(&after[name]);
+            let zero = vec![0.0; want.len()];
+            let d = drift.get(name).or(buffers.get(name)).unwrap_or(&zero);
+            let mut worst = (0.0f64, 0usize);
+            for (j, (&g, &w)) in got.iter().zip(&want).enumerate() {
+                let excess = (g as f64 - w).abs() / (ABS + REL * w.abs() + d[j]);
+                if excess > worst.0 {
+                    worst = (excess, j);
+                }
+            }
+            let j = worst.1;
+            if std::env::var("GOLDEN_DEBUG").is_ok() {
+                eprintln!("{what} {name}: worst excess {:.3} at {j}", worst.0);
+            }
+            assert!(
+                worst.0 <= 1.0,
+                "{what} {name}: element {j} is {} but the reference has {} (tolerance {ABS} + \
+                 {REL} * |ref| + drift {})",
+                got[j],
+                want[j],
+                d[j]
+            );
+        };
+        model.visit_state(&mut |name, s| match s {
+            StateMut::Param(p) => compare(name, p.value.data()),
+            StateMut::Buffer(b) => compare(name, b.data()),
+            StateMut::Counter(c) => assert_eq!(*c as f64, values(&after[name])[0], "{what} {name}"),
+        });
+        if let Some(fb) = rule.feedback_mut() {
+            fb.visit(&mut |name, p| compare(name, p.value.data()));
+        }
+        before = after;
+    }
+}
+
+#[test]
+fn adam_max_step_hand_checked() {
+    // Step 1: m_hat / sqrt(v_hat) = g / |g|.
+    assert!((adam_max_step((0.9, 0.999), 1) - 1.0).abs() < 1e-15);
+    // Step 2: a = (0.09, 0.1) / 0.19, w = (0.000999, 0.001) / 0.001999.
+    let a: [f64; 2] = [0.09 / 0.19, 0.1 / 0.19];
+    let w: [f64; 2] = [0.000999 / 0.001999, 0.001 / 0.001999];
+    let r2: f64 = (a[0] * a[0] / w[0] + a[1] * a[1] / w[1]).sqrt();
+    assert!((adam_max_step((0.9, 0.999), 2) - r2).abs() < 1e-12);
+    // Attained by gradients proportional to a_j / w_j.
+    let g = [a[0] / w[0], a[1] / w[1]];
+    let m_hat = a[0] * g[0] + a[1] * g[1];
+    let v_hat = w[0] * g[0] * g[0] + w[1] * g[1] * g[1];
+    assert!((m_hat / v_hat.sqrt() - r2).abs() < 1e-12);
+}
+
+macro_rules! chained {
+    ($($name:ident => $file:literal),* $(,)?) => {
+        $(#[test] fn $name() { chained($file); })*
+    };
+}
+
+chained! {
+    chained_fc_bp => "fc_bp.json",
+    chained_fc_dfa => "fc_dfa.json",
+    chained_fc_dkp => "fc_dkp.json",
+    chained_fc_fdfa => "fc_fdfa.json",
+    chained_cnn_bp => "cnn_bp.json",
+    chained_cnn_dfa => "cnn_dfa.json",
+    chained_cnn_dkp => "cnn_dkp.json",
+    chained_cnn_fdfa => "cnn_fdfa.json",
 }
