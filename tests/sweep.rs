@@ -2,6 +2,8 @@
 //! started again, finishes the grid without redoing finished runs and prints the same summary
 //! as an uninterrupted one.
 
+#[path = "../examples/sweep/grid.rs"]
+mod grid;
 #[path = "../examples/sweep/stats.rs"]
 mod stats;
 
@@ -10,10 +12,37 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::SystemTime;
 
+use fdfa::data::DatasetName;
+use grid::{Network, parse_seeds};
 use stats::{Group, SeedCurve, Stat, best_epoch, mean_curve, mean_std, summarize};
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * b.abs().max(1.0)
+}
+
+#[test]
+fn grid_names() {
+    assert_eq!(parse_seeds("0-4").unwrap(), vec![0, 1, 2, 3, 4]);
+    assert_eq!(parse_seeds("1-3,7, 2").unwrap(), vec![1, 2, 3, 7]);
+    assert!(parse_seeds("4-0").unwrap_err().contains("backwards"));
+    assert!(parse_seeds("a").is_err());
+    assert!(parse_seeds(",").is_err());
+    for (s, n) in [
+        ("fc2", Network::Fc(2)),
+        ("FC-3", Network::Fc(3)),
+        ("cnn", Network::Cnn),
+    ] {
+        assert_eq!(s.parse::<Network>().unwrap(), n);
+    }
+    assert!("fc0".parse::<Network>().is_err());
+    assert!("mlp".parse::<Network>().is_err());
+    assert_eq!(Network::Fc(2).to_string(), "FC-2");
+    assert_eq!(Network::Fc(2).key(), "fc2");
+    assert_eq!(Network::Fc(2).flags(), ["--n-layers", "2"]);
+    assert_eq!(Network::Cnn.flags(), ["--conv"]);
+    assert!(Network::Cnn.fits(DatasetName::Mnist));
+    assert!(!Network::Cnn.fits(DatasetName::Cifar100));
+    assert!(Network::AlexNet.fits(DatasetName::Cifar100));
 }
 
 #[test]
