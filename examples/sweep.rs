@@ -41,7 +41,7 @@ use fdfa::data::DatasetName;
 use fdfa::model::Model;
 use fdfa::rules::RuleKind;
 use fdfa::train::checkpoint;
-use grid::{Network, parse_seeds};
+use grid::{Network, dataset_key, parse_seeds};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
@@ -112,7 +112,7 @@ impl Run {
     fn name(&self) -> String {
         format!(
             "{}/{}/{}/seed-{}",
-            self.dataset,
+            dataset_key(self.dataset),
             self.network.key(),
             self.rule,
             self.seed
@@ -334,6 +334,13 @@ fn setup(args: Args) -> Res<Sweep> {
     const NET: [&str; 2] = ["--conv", "--n-layers"];
     for a in &args.train_args {
         let flag = a.split('=').next().unwrap_or(a);
+        if flag == "--dry-run" {
+            return Err(
+                "`--dry-run` after `--`: a dry run saves no checkpoint, so the sweep \
+                        could neither resume nor tell that it finished"
+                    .into(),
+            );
+        }
         if OWN.contains(&flag) || NET.contains(&flag) || flag == "--threads" {
             return Err(format!(
                 "`{flag}` after `--`: the sweep sets it for every run (use --rules, --seeds, \
@@ -374,7 +381,8 @@ fn setup(args: Args) -> Res<Sweep> {
                     continue;
                 }
                 return Err(format!(
-                    "no network of --networks trains on {dataset} ({dataset} takes {})",
+                    "no network of --networks trains on {0} ({0} takes {1})",
+                    dataset_key(dataset),
                     if dataset == DatasetName::Cifar100 {
                         "alexnet"
                     } else {
@@ -385,7 +393,7 @@ fn setup(args: Args) -> Res<Sweep> {
             for &rule in &rules {
                 for &seed in &seeds {
                     let dir = out
-                        .join(dataset.folder())
+                        .join(dataset_key(dataset))
                         .join(network.key())
                         .join(rule.as_str())
                         .join(format!("seed-{seed}"));
@@ -429,7 +437,7 @@ fn spawn(sweep: &Sweep, run: &Run, resume: Option<&Path>) -> Res<Child> {
         .map_err(io_err(&out_path))?;
     let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
     let mut cmd = Command::new(exe);
-    cmd.env(WORKER_ENV, run.dataset.folder())
+    cmd.env(WORKER_ENV, dataset_key(run.dataset))
         .arg("--train-mode")
         .arg(run.rule.as_str())
         .arg("--seed")
@@ -633,7 +641,7 @@ fn groups(sweep: &Sweep) -> Res<Vec<stats::Group>> {
     let mut groups: Vec<stats::Group> = Vec::new();
     for run in &sweep.runs {
         let (dataset, network, rule) = (
-            run.dataset.to_string(),
+            dataset_key(run.dataset).to_string(),
             run.network.to_string(),
             run.rule.to_string(),
         );

@@ -13,7 +13,7 @@ use std::process::{Command, Output};
 use std::time::SystemTime;
 
 use fdfa::data::DatasetName;
-use grid::{Network, parse_seeds};
+use grid::{Network, dataset_key, parse_seeds};
 use stats::{Group, SeedCurve, Stat, best_epoch, mean_curve, mean_std, summarize};
 
 fn close(a: f64, b: f64) -> bool {
@@ -43,6 +43,10 @@ fn grid_names() {
     assert!(Network::Cnn.fits(DatasetName::Mnist));
     assert!(!Network::Cnn.fits(DatasetName::Cifar100));
     assert!(Network::AlexNet.fits(DatasetName::Cifar100));
+    // The folder and table names parse back to their dataset.
+    for d in DatasetName::ALL {
+        assert_eq!(dataset_key(d).parse::<DatasetName>().unwrap(), d);
+    }
 }
 
 #[test]

@@ -103,3 +103,14 @@ pub fn parse_seeds(s: &str) -> Result<Vec<u64>, String> {
     }
     Ok(seeds)
 }
+
+/// The name a sweep gives `dataset` in folders and tables: `mnist`, `fashion-mnist`,
+/// `cifar10`, `cifar100` (what `--datasets` takes).
+pub fn dataset_key(dataset: DatasetName) -> &'static str {
+    match dataset {
+        DatasetName::Mnist => "mnist",
+        DatasetName::FashionMnist => "fashion-mnist",
+        DatasetName::Cifar10 => "cifar10",
+        DatasetName::Cifar100 => "cifar100",
+    }
+}
