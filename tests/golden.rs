@@ -952,8 +952,16 @@ fn fdfa_output_tangent_within_the_magnitude_of_its_terms() {
 // (`ABS + REL scale` over `|g + wd p|`); when that reaches 1 the direction is unknown and the
 // two implementations may step anywhere within `lr R_t` each. A parameter therefore drifts by
 // at most `lr 2 R_t min(eta, 1)` per step on top of the float32 rounding of its value, and the
-// drifts of successive steps add. Errors of the state feed back into the next gradients only
-// through terms far smaller than the gradient tolerance (the state moves by ~1e-7 relative).
+// drifts of successive steps add. A parameter whose gradient is rounding noise (a bias before
+// BatchNorm without weight decay to dominate it) may drift by the full `2 lr R_t`, but
+// BatchNorm removes it from everything downstream except its running mean, which is bounded
+// below; every other parameter moves by ~1e-7 relative, which changes the next step's
+// gradients far less than the gradient tolerance.
+//
+// The BatchNorm buffers take in the batch statistics, which move with the parameters' drift:
+// a float64 replica of the network carries a first-order bound on that movement through
+// every layer (`|W| m + dW |x| + db`; BatchNorm, ReLU and pooling as their Lipschitz bounds),
+// and the buffer's allowance follows the running average (momentum 0.1).
 
 /// `R_t`: the largest `|m_hat_t| / sqrt(v_hat_t)` Adam reaches at step `t` for any gradients.
 fn adam_max_step(betas: (f64, f64), t: usize) -> f64 {
