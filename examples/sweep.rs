@@ -289,6 +289,19 @@ fn parse_progress(line: &str, p: &mut Position) {
     }
 }
 
+/// The value of `--flag value` or `--flag=value` among `args`, the last one given.
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    let mut value = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == flag {
+            value = args.get(i + 1).cloned();
+        } else if let Some(v) = a.strip_prefix(flag).and_then(|r| r.strip_prefix('=')) {
+            value = Some(v.to_string());
+        }
+    }
+    value
+}
+
 struct Sweep {
     args: Args,
     runs: Vec<Run>,
@@ -346,6 +359,13 @@ fn setup(args: Args) -> Res<Sweep> {
                 "`{flag}` after `--`: the sweep sets it for every run (use --rules, --seeds, \
                  --networks, --epochs, --threads)"
             ));
+        }
+    }
+    // Every run would fail the same way on a missing dataset: say so once, before any starts.
+    if !args.train_args.iter().any(|a| a == "--download") {
+        let data_dir = flag_value(&args.train_args, "--data-dir").map(PathBuf::from);
+        for &d in &datasets {
+            fdfa::data::locate(d, data_dir.as_deref()).map_err(|e| e.to_string())?;
         }
     }
     fs::create_dir_all(&args.out).map_err(io_err(&args.out))?;

@@ -266,3 +266,25 @@ fn interrupted_sweep_resumes_and_summarises_like_an_uninterrupted_one() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("4 runs: 4 finished before, 0 to resume, 0 to start"));
 }
+
+#[test]
+fn a_missing_dataset_is_refused_before_any_run_starts() {
+    let dir = scratch("missing");
+    let missing = dir.0.join("no-data");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["run", "--quiet", "--example", "sweep"]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = cmd
+        .args(["--", "--seeds", "0", "--epochs", "1", "--out"])
+        .arg(dir.0.join("out"))
+        .arg("--")
+        .arg(format!("--data-dir={}", missing.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("not found"), "{}", text(&out));
+    assert!(!dir.0.join("out").exists(), "nothing was created");
+}
