@@ -598,7 +598,13 @@ fn train(sweep: &Sweep, stop: &AtomicBool) -> Res<(End, Vec<String>)> {
         let names: Vec<String> = {
             let mut v: Vec<&usize> = running.keys().collect();
             v.sort();
-            v.iter().map(|&&i| sweep.runs[i].name()).collect()
+            v.iter()
+                .map(|&&i| {
+                    let p = running[&i].1;
+                    let epoch = (p.epochs + 1).min(epochs);
+                    format!("{} (epoch {epoch}/{epochs})", sweep.runs[i].name())
+                })
+                .collect()
         };
         bar.set_message(format!(
             "{finished}/{} runs done; {}",
