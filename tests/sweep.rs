@@ -163,6 +163,13 @@ fn scratch(name: &str) -> Scratch {
 /// `cargo run --example sweep` on a tiny grid (two rules, two seeds, two epochs of 128
 /// samples) into `out`, with `extra` sweep flags.
 fn sweep(out: &Path, extra: &[&str]) -> Output {
+    let grid = ["--rules", "BP,FDFA", "--seeds", "0-1", "--epochs", "2"];
+    sweep_grid(out, &grid, &["--report-epochs", "1,2"], extra)
+}
+
+/// `cargo run --example sweep` of FC-1 on 128 MNIST samples with the `grid` and `extra`
+/// flags.
+fn sweep_grid(out: &Path, grid: &[&str], report: &[&str], extra: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .args(["run", "--quiet", "--example", "sweep"]);
@@ -170,15 +177,9 @@ fn sweep(out: &Path, extra: &[&str]) -> Output {
         cmd.arg("--release");
     }
     cmd.arg("--")
-        .args([
-            "--datasets",
-            "mnist",
-            "--networks",
-            "fc1",
-            "--rules",
-            "BP,FDFA",
-        ])
-        .args(["--seeds", "0-1", "--epochs", "2", "--report-epochs", "1,2"])
+        .args(["--datasets", "mnist", "--networks", "fc1"])
+        .args(grid)
+        .args(report)
         .args(["--jobs", "1", "--threads", "1", "--out"])
         .arg(out)
         .args(extra)
@@ -287,4 +288,26 @@ fn a_missing_dataset_is_refused_before_any_run_starts() {
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(text(&out).contains("not found"), "{}", text(&out));
     assert!(!dir.0.join("out").exists(), "nothing was created");
+}
+
+#[test]
+fn more_epochs_continue_finished_runs() {
+    let grid = ["--rules", "FDFA", "--seeds", "3", "--epochs", "2"];
+    let report = ["--report-epochs", "1,2"];
+    let once = scratch("once");
+    let out = sweep_grid(&once.0, &grid, &report, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let twice = scratch("twice");
+    let first = ["--rules", "FDFA", "--seeds", "3", "--epochs", "1"];
+    let out = sweep_grid(&twice.0, &first, &[], &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = sweep_grid(&twice.0, &grid, &report, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("1 runs: 0 finished before, 1 to resume, 0 to start"),
+        "{}",
+        text(&out)
+    );
+    let csv = |dir: &Scratch| std::fs::read_to_string(dir.0.join("summary/summary.csv")).unwrap();
+    assert_eq!(csv(&once), csv(&twice));
 }
