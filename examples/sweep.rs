@@ -18,6 +18,10 @@
 //!
 //! Writes `<out>/summary/summary.md`, `summary.csv`, and per dataset and network
 //! `<dataset>-<network>-accuracy.png` and `-loss.png`.
+//!
+//! Ctrl-C in the terminal reaches the runs too: each saves a checkpoint and stops, and the
+//! sweep starts nothing new. A sweep killed outright (SIGKILL) cannot stop its runs, which
+//! train on to their end; stop them as well before starting the sweep again.
 
 mod common;
 #[path = "sweep/grid.rs"]
