@@ -20,8 +20,10 @@
 //! `<dataset>-<network>-accuracy.png` and `-loss.png`.
 //!
 //! Ctrl-C in the terminal reaches the runs too: each saves a checkpoint and stops, and the
-//! sweep starts nothing new. A sweep killed outright (SIGKILL) cannot stop its runs, which
-//! train on to their end; stop them as well before starting the sweep again.
+//! sweep starts nothing new. A sweep killed outright (SIGKILL) cannot stop its runs: each
+//! fails at its next log line, whose output has nowhere to go (within `--log-interval`
+//! batches), and resumes from its last checkpoint when the sweep is started again; wait
+//! until they have gone before starting it.
 
 mod common;
 #[path = "sweep/grid.rs"]
