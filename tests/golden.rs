@@ -430,9 +430,14 @@ golden! {
 // bounded by the unit roundoff times the number of roundings along the way times the same
 // computation carried out on the terms' magnitudes (every coefficient and every input replaced
 // by its absolute value, every subtraction by an addition): Higham's running error bound for
-// sums of products, composed layer by layer. The code below carries that magnitude `m` in
-// float64 beside the primal value and the tangent, from the reference's state, input and
-// directions.
+// sums of products, composed layer by layer (a dot product of `k` terms contributes `k`
+// roundings, and the error it receives is carried by the same absolute coefficients, so the
+// counts add along the path). The coefficients themselves (BatchNorm's `xh` and `sigma`, the
+// ReLU masks, the pooling choices) come from the float32 primal pass; their relative errors
+// are of the same order as one rounding each, which the few elementwise roundings counted per
+// block stand for, so the bound holds to first order. The code below carries the magnitude
+// `m` in float64 beside the primal value and the tangent, from the reference's state, input
+// and directions.
 
 /// What the magnitude `m` carried beside an activation bounds.
 #[derive(Clone, Copy, PartialEq, Eq)]
