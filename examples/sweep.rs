@@ -213,9 +213,12 @@ fn state(run: &Run, epochs: usize) -> Res<State> {
     })
 }
 
-/// The log a run's checkpoint names, absolute.
+/// The CSV log of the run checkpointed in `ckpt`: the dataset examples keep it beside the
+/// folder, named after it (`<run>.csv` beside `<run>.ckpt`).
 fn log_of(ckpt: &Path) -> Option<PathBuf> {
-    checkpoint::read_run_info(ckpt).ok()?.log
+    let mut file = ckpt.file_stem()?.to_os_string();
+    file.push(".csv");
+    Some(ckpt.with_file_name(file))
 }
 
 fn epochs_logged(log: &Path) -> usize {
@@ -778,7 +781,14 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        common::main_with(dataset, move |args, rng| build(dataset, args, rng));
+        let fc_width = match dataset {
+            DatasetName::Mnist | DatasetName::FashionMnist => Some(800),
+            DatasetName::Cifar10 => Some(1000),
+            DatasetName::Cifar100 => None,
+        };
+        common::main_with(dataset, fc_width, move |args, rng| {
+            build(dataset, args, rng)
+        });
         return;
     }
     let stop = Arc::new(AtomicBool::new(false));

@@ -688,9 +688,9 @@ fn crate_output_tangent(
     directions: &[Tensor],
 ) -> Vec<f32> {
     let mut model = if case == "fc" {
-        fc_model()
+        golden_fc()
     } else {
-        cnn_model()
+        golden_cnn()
     };
     let mut rule = Fdfa::new(&model);
     load_state(&mut model, &mut rule, state);
@@ -907,9 +907,9 @@ fn chained(file: &str) {
     .unwrap();
     let doc: Value = serde_json::from_str(&text).unwrap();
     let mut model = if doc["case"] == "fc" {
-        fc_model()
+        golden_fc()
     } else {
-        cnn_model()
+        golden_cnn()
     };
     let kind = doc["rule"].as_str().unwrap();
     let is_fdfa = kind == "FDFA";
@@ -1028,8 +1028,8 @@ fn chained(file: &str) {
                 drift[j] += lr * 2.0 * r * eta[j];
             }
         }
-        feedback_opt.step(&mut Learned(rule));
-        forward_opt.step(&mut model as &mut dyn Parameters);
+        feedback_opt.step(&mut Learned(rule)).unwrap();
+        forward_opt.step(&mut model as &mut dyn Parameters).unwrap();
         let after: BTreeMap<String, Value> =
             serde_json::from_value(step["state_after"].clone()).unwrap();
         let compare = |name: &str, got: &[f32]| {
@@ -1057,12 +1057,14 @@ fn chained(file: &str) {
             );
         };
         model.visit_state(&mut |name, s| match s {
-            StateMut::Param(p) => compare(name, p.value.data()),
-            StateMut::Buffer(b) => compare(name, b.data()),
-            StateMut::Counter(c) => assert_eq!(*c as f64, values(&after[name])[0], "{what} {name}"),
+            State::Param(p) => compare(name, p.value().data()),
+            State::Buffer(b) => compare(name, b.data()),
+            State::Counter(c) => assert_eq!(c as f64, values(&after[name])[0], "{what} {name}"),
         });
-        if let Some(fb) = rule.feedback_mut() {
-            fb.visit(&mut |name, p| compare(name, p.value.data()));
+        if let Some(fb) = rule.feedback() {
+            for (name, m) in fb.names().iter().zip(fb.matrices()) {
+                compare(name, m.value.data());
+            }
         }
         before = after;
     }
