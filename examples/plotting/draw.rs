@@ -122,7 +122,22 @@ fn draw_legend(area: &Area<'_>, lines: &[Line]) -> Result<(), String> {
     Ok(())
 }
 
+/// A shaded band between two curves, drawn under the lines: `(x, low, high)` per point.
+pub(super) struct Band {
+    pub(super) color: RGBColor,
+    pub(super) points: Vec<(f64, f64, f64)>,
+}
+
 pub(super) fn draw(path: &Path, chart: &Chart<'_>) -> Result<(), PlotError> {
+    draw_with_bands(path, chart, &[])
+}
+
+/// Draws `chart` with `bands` shaded under its lines (on a linear y axis).
+pub(super) fn draw_with_bands(
+    path: &Path,
+    chart: &Chart<'_>,
+    bands: &[Band],
+) -> Result<(), PlotError> {
     register_fonts();
     let err = draw_error(path);
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
@@ -161,13 +176,37 @@ pub(super) fn draw(path: &Path, chart: &Chart<'_>) -> Result<(), PlotError> {
             series(&mut ctx, pts, style(l)).map_err(&err)?;
         }
     } else {
+        let band_ys = bands
+            .iter()
+            .flat_map(|b| b.points.iter().flat_map(|p| [p.1, p.2]));
         let (y0, y1) = chart
             .y_range
-            .unwrap_or_else(|| bounds(points().map(|p| p.1), (0.0, 1.0)));
+            .unwrap_or_else(|| bounds(points().map(|p| p.1).chain(band_ys), (0.0, 1.0)));
         let mut ctx = builder
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(|e| err(e.to_string()))?;
         configure(&mut ctx, chart, |v| format!("{v:.2}")).map_err(&err)?;
+        for b in bands {
+            // The upper edge left to right, then the lower edge back: one closed polygon.
+            let pts: Vec<(f64, f64)> = b
+                .points
+                .iter()
+                .filter(|p| p.1.is_finite() && p.2.is_finite())
+                .map(|p| (p.0, p.2))
+                .chain(
+                    b.points
+                        .iter()
+                        .rev()
+                        .filter(|p| p.1.is_finite() && p.2.is_finite())
+                        .map(|p| (p.0, p.1)),
+                )
+                .collect();
+            ctx.draw_series(std::iter::once(Polygon::new(
+                pts,
+                b.color.mix(0.2).filled(),
+            )))
+            .map_err(|e| err(e.to_string()))?;
+        }
         for l in &chart.lines {
             let pts = l.points.iter().copied().filter(|p| p.1.is_finite());
             series(&mut ctx, pts, style(l)).map_err(&err)?;

@@ -7,12 +7,16 @@
 
 #![allow(dead_code)]
 
+mod bands;
 mod draw;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+// Only the sweep draws mean curves; the other users of this module do not.
+#[allow(unused_imports)]
+pub use bands::{MeanCurve, plot_mean_curves};
 use draw::{COLORS, Chart, Line, draw, layer_shade};
 
 /// What went wrong while plotting.
