@@ -131,15 +131,23 @@ pub fn cross_entropy_jvp(logits_grad: &Tensor, logits_tangent: &Tensor) -> Resul
 /// # Errors
 /// As [`cross_entropy_jvp`].
 pub fn per_sample_jvp(logits_grad: &Tensor, logits_tangent: &Tensor) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    per_sample_jvp_into(logits_grad, logits_tangent, &mut out)?;
+    Ok(out)
+}
+
+/// [`per_sample_jvp`] into a buffer kept from step to step.
+pub(crate) fn per_sample_jvp_into(
+    logits_grad: &Tensor,
+    logits_tangent: &Tensor,
+    out: &mut Vec<f32>,
+) -> Result<()> {
     cross_entropy_jvp(logits_grad, logits_tangent)?;
     let (n, c) = (logits_grad.batch(), logits_grad.row_len());
-    Ok(logits_tangent
-        .data()
-        .chunks(c)
-        .enumerate()
-        .map(|(r, d)| {
-            let e = logits_grad.row(r % n);
-            n as f32 * d.iter().zip(e).map(|(a, b)| a * b).sum::<f32>()
-        })
-        .collect())
+    out.clear();
+    out.extend(logits_tangent.data().chunks(c).enumerate().map(|(r, d)| {
+        let e = logits_grad.row(r % n);
+        n as f32 * d.iter().zip(e).map(|(a, b)| a * b).sum::<f32>()
+    }));
+    Ok(())
 }

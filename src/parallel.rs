@@ -98,6 +98,57 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
     })
 }
 
+/// A buffer that a layer keeps for a result it computes whole, then adds to another, in a
+/// method that takes `&self` (a parameter direction's JVP): kept from call to call, so that
+/// a steady step allocates nothing for it. A clone starts empty.
+#[derive(Default)]
+pub(crate) struct KeptBuffer(std::sync::Mutex<crate::Tensor>);
+
+impl KeptBuffer {
+    /// Runs `f` with the buffer (a fresh one if another call holds it).
+    pub fn with<R>(&self, f: impl FnOnce(&mut crate::Tensor) -> R) -> R {
+        match self.0.try_lock() {
+            Ok(mut t) => f(&mut t),
+            Err(_) => f(&mut crate::Tensor::default()),
+        }
+    }
+}
+
+impl Clone for KeptBuffer {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl std::fmt::Debug for KeptBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeptBuffer")
+    }
+}
+
+/// The length to which [`reserve_scratch`] has grown every worker's scratch.
+static RESERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Grows both scratch buffers of every worker of the current pool to hold `len` values, the
+/// first time a kernel asks for that much. Which worker runs a task is up to rayon: without
+/// this, a worker first handed a layer's largest sample many steps into training would
+/// allocate its scratch then, and a steady step would not be free of allocations. A pool
+/// created later with threads of its own grows theirs on first use instead.
+pub(crate) fn reserve_scratch(len: usize) {
+    use std::sync::atomic::Ordering;
+    if len <= RESERVED.load(Ordering::Relaxed) {
+        return;
+    }
+    rayon::broadcast(|_| {
+        with_scratch(|s| {
+            for v in [&mut s.a, &mut s.b] {
+                v.reserve(len.saturating_sub(v.len()));
+            }
+        })
+    });
+    RESERVED.fetch_max(len, Ordering::Relaxed);
+}
+
 /// Runs `f(scratch, i, chunk)` over consecutive chunks of `chunk_len` values of `data`, with
 /// the running thread's [`Scratch`].
 pub(crate) fn par_chunks_scratch<T, F>(data: &mut [T], chunk_len: usize, work: usize, f: F)

@@ -8,7 +8,7 @@ use super::{
     check_shape, explicit_tangent,
 };
 use crate::error::{Error, Result};
-use crate::parallel::{par_chunks_mut, par_zip_chunks_scratch};
+use crate::parallel::{KeptBuffer, par_chunks_mut, par_zip_chunks_scratch};
 use crate::tensor::{Dual, Tensor};
 
 /// Configuration of a [`BatchNorm`] layer (PyTorch defaults: `eps = 1e-5`, `momentum = 0.1`,
@@ -110,6 +110,7 @@ impl BatchNormConfig {
             mean: vec![0.0; f],
             acc: vec![0.0; 2 * f],
             scale: vec![0.0; f],
+            jvp: KeptBuffer::default(),
         })
     }
 }
@@ -137,6 +138,8 @@ pub struct BatchNorm {
     acc: Vec<f64>,
     /// `gamma / sqrt(var + eps)` per channel, for the JVP and backward maps.
     scale: Vec<f64>,
+    /// The parameter direction's JVP before it is added to every tangent block.
+    jvp: KeptBuffer,
 }
 
 /// `(n, c, s)` of a checked shape.
@@ -652,12 +655,15 @@ impl Layer for BatchNorm {
         let xh = self.normalized.data();
         // Affine in (gamma, beta): d(y) += d(gamma) x̂ + d(beta).
         let (dy, block) = explicit_tangent(output);
-        for dyb in dy.data_mut().chunks_mut(block) {
-            let prev = dyb.to_vec();
-            channel_map(dyb, &prev, xh, dims, [dg, db], |d, h, [dg, db]| {
-                d + dg * h + db
-            });
-        }
+        self.jvp.with(|prev| {
+            prev.resize(&[block]);
+            for dyb in dy.data_mut().chunks_mut(block) {
+                prev.data_mut().copy_from_slice(dyb);
+                channel_map(dyb, prev.data(), xh, dims, [dg, db], |d, h, [dg, db]| {
+                    d + dg * h + db
+                });
+            }
+        });
         Ok(())
     }
 }

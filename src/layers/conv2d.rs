@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 use crate::init::{Rng, default_bound, uniform};
 use crate::kernels::gemm::gemm_serial;
 use crate::kernels::im2col::{Geometry, col2im_add, im2col, im2col_t};
-use crate::parallel::{Scratch, par_chunks_mut, par_chunks_scratch, par_zip_chunks_scratch};
+use crate::parallel::{
+    KeptBuffer, PAR_MIN_WORK, Scratch, par_chunks_mut, par_chunks_scratch, par_zip_chunks_scratch,
+    reserve_scratch,
+};
 use crate::tensor::{Dual, Tensor};
 
 /// Samples whose weight gradients one parallel task sums before the ordered reduction.
@@ -124,6 +127,7 @@ impl Conv2dConfig {
             weight,
             bias,
             partials: Vec::new(),
+            jvp: KeptBuffer::default(),
         })
     }
 }
@@ -147,6 +151,8 @@ pub struct Conv2d {
     bias: Option<Param>,
     /// Per-task partial weight gradients, reduced in task order.
     partials: Vec<f32>,
+    /// The parameter direction's JVP before it is added to every tangent block.
+    jvp: KeptBuffer,
 }
 
 impl Conv2d {
@@ -239,6 +245,9 @@ impl Conv2d {
         let (p, pl) = (g.out_pixels(), g.patch_len());
         let w = Self::weight_matrix(weight, c_out);
         let work = y.len() * pl;
+        if work >= PAR_MIN_WORK {
+            reserve_scratch(p * pl);
+        }
         // The scratch `a` holds the sample's im2col matrix.
         par_chunks_scratch(y.data_mut(), c_out * p, work, |s, i, out| {
             s.a.resize(p * pl, 0.0);
@@ -343,6 +352,9 @@ impl Layer for Conv2d {
         self.partials.resize(tasks * c_out * pl, 0.0);
         let w = Self::weight_matrix(self.weight.value.data(), c_out);
         let work = n * p * pl * c_out * 2;
+        if work >= PAR_MIN_WORK {
+            reserve_scratch(p * pl);
+        }
         // Each task sums the weight gradient of its samples (recomputing their im2col, which
         // is cheap next to the product) and, when asked, writes their input gradient.
         // Scratch `a` holds a sample's im2col matrix, `b` its gradient.
@@ -431,12 +443,14 @@ impl Layer for Conv2d {
         check_direction(&self.config.name, v, &lens)?;
         let g = self.geometry(input.shape())?;
         // Linear in (W, b): the JVP along (dW, db) is the convolution with (dW, db).
-        let mut extra = Tensor::zeros(&[input.batch(), self.config.c_out, g.out_h, g.out_w]);
-        self.convolve(&g, input, v[0], v.get(1).copied(), &mut extra);
-        let (dy, block) = explicit_tangent(output);
-        for t in dy.data_mut().chunks_mut(block) {
-            t.iter_mut().zip(extra.data()).for_each(|(a, b)| *a += b);
-        }
+        self.jvp.with(|extra| {
+            extra.resize(&[input.batch(), self.config.c_out, g.out_h, g.out_w]);
+            self.convolve(&g, input, v[0], v.get(1).copied(), extra);
+            let (dy, block) = explicit_tangent(output);
+            for t in dy.data_mut().chunks_mut(block) {
+                t.iter_mut().zip(extra.data()).for_each(|(a, b)| *a += b);
+            }
+        });
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::init::{Rng, default_bound, uniform};
 use crate::kernels::gemm::gemm;
+use crate::parallel::KeptBuffer;
 use crate::tensor::{Dual, Tensor};
 
 /// Configuration of a [`Linear`] layer.
@@ -87,6 +88,7 @@ impl LinearConfig {
             d_out: self.d_out,
             weight,
             bias,
+            jvp: KeptBuffer::default(),
         })
     }
 }
@@ -125,6 +127,8 @@ pub struct Linear {
     weight: Param,
     /// `[d_out]`, if the layer has a bias.
     bias: Option<Param>,
+    /// The parameter direction's JVP before it is added to every tangent block.
+    jvp: KeptBuffer,
 }
 
 impl Linear {
@@ -311,12 +315,14 @@ impl Layer for Linear {
         let dw = ArrayView2::from_shape((self.d_in, self.d_out), v[0])
             .unwrap_or_else(|_| unreachable!("length checked"));
         // Affine in (W, b): the JVP along (dW, db) is the layer itself with (dW, db).
-        let mut extra = Tensor::zeros(&[input.batch(), self.d_out]);
-        Self::affine(input.matrix(), dw, v.get(1).copied(), &mut extra);
-        let (dy, block) = explicit_tangent(output);
-        for t in dy.data_mut().chunks_mut(block) {
-            t.iter_mut().zip(extra.data()).for_each(|(a, b)| *a += b);
-        }
+        self.jvp.with(|extra| {
+            extra.resize(&[input.batch(), self.d_out]);
+            Self::affine(input.matrix(), dw, v.get(1).copied(), extra);
+            let (dy, block) = explicit_tangent(output);
+            for t in dy.data_mut().chunks_mut(block) {
+                t.iter_mut().zip(extra.data()).for_each(|(a, b)| *a += b);
+            }
+        });
         Ok(())
     }
 

@@ -4,7 +4,7 @@ use super::{LearningRule, StepReport, draw_directions, perturbed_forward};
 use crate::error::Result;
 use crate::init::{Rng, fill_normal};
 use crate::layers::StateMut;
-use crate::loss::{cross_entropy, cross_entropy_jvp, per_sample_jvp};
+use crate::loss::{cross_entropy, cross_entropy_jvp, per_sample_jvp_into};
 use crate::model::Model;
 use crate::tensor::Tensor;
 
@@ -93,6 +93,8 @@ pub struct ForwardGradientActivity {
     directions: usize,
     buffers: Vec<Tensor>,
     logits_grad: Tensor,
+    /// Each (direction, sample) pair's loss derivative, kept from step to step.
+    sample_jvp: Vec<f32>,
 }
 
 impl Default for ForwardGradientActivity {
@@ -108,6 +110,7 @@ impl ForwardGradientActivity {
             directions: 1,
             buffers: Vec::new(),
             logits_grad: Tensor::default(),
+            sample_jvp: Vec::new(),
         }
     }
 
@@ -134,13 +137,13 @@ impl ForwardGradientActivity {
             let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
             let n = x.batch();
             // s_{j,i} = e_i . d_{j,i}: the derivative of the *mean* loss's sample-i term.
-            let s: Vec<f32> = match logits.tangent() {
-                Some(d) => per_sample_jvp(&self.logits_grad, d)?
-                    .into_iter()
-                    .map(|v| v / n as f32)
-                    .collect(),
-                None => Vec::new(),
-            };
+            let s = &mut self.sample_jvp;
+            s.clear();
+            if let Some(d) = logits.tangent() {
+                per_sample_jvp_into(&self.logits_grad, d, s)?;
+                s.iter_mut().for_each(|v| *v /= n as f32);
+            }
+            let s = &*s;
             let e = &self.logits_grad;
             model.backward_local(&|target, out| {
                 let Some(l) = target else {
@@ -151,7 +154,7 @@ impl ForwardGradientActivity {
                 let k = u.batch() / n;
                 let row = u.row_len();
                 out.fill(0.0);
-                for (r, (ur, sr)) in u.data().chunks(row).zip(&s).enumerate() {
+                for (r, (ur, sr)) in u.data().chunks(row).zip(s).enumerate() {
                     let out = &mut out.data_mut()[(r % n) * row..][..row];
                     let scale = sr / k as f32;
                     out.iter_mut().zip(ur).for_each(|(o, v)| *o += scale * v);
