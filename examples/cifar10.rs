@@ -10,11 +10,5 @@ mod common;
 use fdfa::data::DatasetName;
 
 fn main() {
-    common::main_with(DatasetName::Cifar10, Some(1000), |args, rng| {
-        if args.conv {
-            fdfa::model::shallow_cnn(&[3, 32, 32], 10, rng)
-        } else {
-            fdfa::model::fc(&[3, 32, 32], args.n_layers, 1000, 10, rng)
-        }
-    });
+    common::run_reference(DatasetName::Cifar10);
 }

@@ -10,7 +10,5 @@ mod common;
 use fdfa::data::DatasetName;
 
 fn main() {
-    common::main_with(DatasetName::Cifar100, None, |_, rng| {
-        fdfa::model::alexnet_bn(100, rng)
-    });
+    common::run_reference(DatasetName::Cifar100);
 }

@@ -44,7 +44,6 @@ use std::time::Duration;
 
 use clap::Parser;
 use fdfa::data::DatasetName;
-use fdfa::model::Model;
 use fdfa::rules::RuleKind;
 use fdfa::train::checkpoint;
 use grid::{Network, dataset_key, parse_seeds};
@@ -241,25 +240,6 @@ fn mark_finished(run: &Run, epochs: usize) -> Res<bool> {
     fs::write(&tmp, text).map_err(io_err(&tmp))?;
     fs::rename(&tmp, &path).map_err(io_err(&path))?;
     Ok(true)
-}
-
-/// Builds the network of the dataset example of `dataset`.
-fn build(
-    dataset: DatasetName,
-    args: &common::Args,
-    rng: &mut fdfa::init::Rng,
-) -> fdfa::Result<Model> {
-    match dataset {
-        DatasetName::Mnist | DatasetName::FashionMnist if args.conv => {
-            fdfa::model::shallow_cnn(&[1, 28, 28], 10, rng)
-        }
-        DatasetName::Mnist | DatasetName::FashionMnist => {
-            fdfa::model::fc(&[1, 28, 28], args.n_layers, 800, 10, rng)
-        }
-        DatasetName::Cifar10 if args.conv => fdfa::model::shallow_cnn(&[3, 32, 32], 10, rng),
-        DatasetName::Cifar10 => fdfa::model::fc(&[3, 32, 32], args.n_layers, 1000, 10, rng),
-        DatasetName::Cifar100 => fdfa::model::alexnet_bn(100, rng),
-    }
 }
 
 /// What the children tell the sweep.
@@ -781,14 +761,7 @@ fn main() {
                 std::process::exit(1);
             }
         };
-        let fc_width = match dataset {
-            DatasetName::Mnist | DatasetName::FashionMnist => Some(800),
-            DatasetName::Cifar10 => Some(1000),
-            DatasetName::Cifar100 => None,
-        };
-        common::main_with(dataset, fc_width, move |args, rng| {
-            build(dataset, args, rng)
-        });
+        common::run_reference(dataset);
         return;
     }
     let stop = Arc::new(AtomicBool::new(false));

@@ -299,6 +299,41 @@ pub fn parse_args(dataset: DatasetName) -> Result<(Args, Option<RunInfo>), Strin
     Ok((args, Some(saved)))
 }
 
+/// The hidden width of the reference's FC-n for `dataset` (800 on MNIST and Fashion-MNIST,
+/// 1000 on CIFAR-10), `None` where the network has no `--n-layers` (AlexNet on CIFAR-100).
+pub fn fc_width(dataset: DatasetName) -> Option<usize> {
+    match dataset {
+        DatasetName::Mnist | DatasetName::FashionMnist => Some(800),
+        DatasetName::Cifar10 => Some(1000),
+        DatasetName::Cifar100 => None,
+    }
+}
+
+/// The reference's network for `dataset`: FC-n, or the shallow CNN with `--conv`, on MNIST,
+/// Fashion-MNIST and CIFAR-10; AlexNet with BatchNorm on CIFAR-100.
+pub fn reference_network(
+    dataset: DatasetName,
+    args: &Args,
+    rng: &mut fdfa::init::Rng,
+) -> fdfa::Result<Model> {
+    let input: &[usize] = match dataset {
+        DatasetName::Mnist | DatasetName::FashionMnist => &[1, 28, 28],
+        DatasetName::Cifar10 => &[3, 32, 32],
+        DatasetName::Cifar100 => return fdfa::model::alexnet_bn(100, rng),
+    };
+    match fc_width(dataset) {
+        Some(width) if !args.conv => fdfa::model::fc(input, args.n_layers, width, 10, rng),
+        _ => fdfa::model::shallow_cnn(input, 10, rng),
+    }
+}
+
+/// The dataset example's whole program: [`main_with`] and the reference's network.
+pub fn run_reference(dataset: DatasetName) {
+    main_with(dataset, fc_width(dataset), move |args, rng| {
+        reference_network(dataset, args, rng)
+    });
+}
+
 /// Parses the flags, loads the dataset, builds the network with `build`, trains and logs,
 /// saving checkpoints. Exits with a message (not a panic) on any error, naming the last good
 /// checkpoint; exits cleanly (status 0) after a checkpoint when Ctrl-C is pressed.
