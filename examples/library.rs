@@ -32,6 +32,19 @@ fn clusters(n: usize, seed: u64) -> (Vec<f32>, Vec<u32>) {
     (x, labels)
 }
 
+/// An MLP 20-64-32-2 without BatchNorm, a feedback point after each hidden layer.
+fn mlp(rng: &mut fdfa::init::Rng) -> fdfa::Result<Model> {
+    Sequential::new(&[20])
+        .linear(64)
+        .relu()
+        .feedback()
+        .linear(32)
+        .relu()
+        .feedback()
+        .linear(2)
+        .build(rng)
+}
+
 fn main() -> fdfa::Result<()> {
     // Custom data: float features with labels, standardised as a scaler would.
     let (x, y) = clusters(2048, 1);
@@ -42,18 +55,9 @@ fn main() -> fdfa::Result<()> {
     let test =
         FeatureDataset::new(xt.clone(), &[20], yt.clone(), 2)?.with_normalize(norm.clone())?;
 
-    // A custom network (an MLP 20-64-32-2 with no BatchNorm), feedback points where FDFA
-    // delivers its signal.
+    // A custom network, feedback points where FDFA delivers its signal.
     let mut rng = fdfa::init::rng(0);
-    let model = Sequential::new(&[20])
-        .linear(64)
-        .relu()
-        .feedback()
-        .linear(32)
-        .relu()
-        .feedback()
-        .linear(2)
-        .build(&mut rng)?;
+    let model = mlp(&mut rng)?;
     let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
     let config = TrainConfig::default()
         .with_epochs(3)
@@ -95,15 +99,7 @@ fn main() -> fdfa::Result<()> {
     let path =
         std::env::temp_dir().join(format!("fdfa-library-{}.safetensors", std::process::id()));
     save_model(&path, model)?;
-    let mut reloaded = Sequential::new(&[20])
-        .linear(64)
-        .relu()
-        .feedback()
-        .linear(32)
-        .relu()
-        .feedback()
-        .linear(2)
-        .build(&mut fdfa::init::rng(99))?;
+    let mut reloaded = mlp(&mut fdfa::init::rng(99))?;
     load_model(&path, &mut reloaded)?;
     std::fs::remove_file(&path).ok();
     println!(
