@@ -6,7 +6,7 @@
 //! is still computed by one sgemm over the whole inner dimension, so the result does not
 //! depend on the number of threads.
 
-use std::cell::Cell;
+use std::cell::RefCell;
 
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, Axis};
@@ -50,8 +50,9 @@ fn exact_alpha(alpha: f32) -> bool {
 }
 
 thread_local! {
-    /// The scaled copy of an operand; reused, so that steady steps allocate nothing.
-    static SCALED: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// Scaled copies of operands, one per product in progress on this thread; reused, so
+    /// that steady steps allocate nothing.
+    static SCALED: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f(1, A', B')` with `alpha` folded into whichever of `A` and `B` is smaller
@@ -67,8 +68,12 @@ fn with_scaled(
         return f(alpha, a, b);
     }
     // Taken out of the thread-local rather than borrowed: a product split over the pool may
-    // run another product on this thread while waiting.
-    let mut buf = SCALED.with(Cell::take);
+    // run another product on this thread while waiting, which takes a buffer of its own. The
+    // pool keeps every buffer it has handed out, so that such nesting allocates only the
+    // first time it reaches a new depth.
+    let mut buf = SCALED
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_default();
     let scale_a = a.len() <= b.len();
     let src = if scale_a { a } else { b };
     buf.clear();
@@ -79,7 +84,7 @@ fn with_scaled(
         // Unreachable: the buffer holds the operand's elements in logical order.
         Err(_) => f(alpha, a, b),
     }
-    SCALED.with(|cell| cell.set(buf));
+    SCALED.with(|pool| pool.borrow_mut().push(buf));
 }
 
 /// `C <- alpha * A B + beta * C`.

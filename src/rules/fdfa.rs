@@ -26,6 +26,8 @@ pub struct Fdfa {
     directions: usize,
     buffers: Vec<Tensor>,
     logits_grad: Tensor,
+    /// The output tangent times `-1/(kN)`, shared by every feedback point's gradient.
+    scaled: Tensor,
 }
 
 impl Fdfa {
@@ -36,6 +38,7 @@ impl Fdfa {
             directions: 1,
             buffers: Vec::new(),
             logits_grad: Tensor::default(),
+            scaled: Tensor::default(),
         }
     }
 
@@ -69,6 +72,14 @@ impl Fdfa {
             let loss = cross_entropy(logits.primal(), targets, &mut self.logits_grad)?;
             if let Some(d) = logits.tangent() {
                 let kn = d.batch() as f32;
+                // `-1/(kN)` folded into the (small) output tangent once, each value rounded
+                // once: the products then take an exact `alpha` (see `kernels::gemm`) and
+                // need no scaled copy of their own.
+                let alpha = -1.0 / kn;
+                self.scaled.resize(d.shape());
+                for (s, &v) in self.scaled.data_mut().iter_mut().zip(d.data()) {
+                    *s = alpha * v;
+                }
                 for (b, u) in self.feedback.matrices.iter_mut().zip(directions) {
                     // grad = B - d^T u / (k N)
                     b.grad.assign(&b.value);
@@ -81,7 +92,13 @@ impl Fdfa {
                             u.shape(),
                         ));
                     }
-                    gemm(-1.0 / kn, d.matrix().t(), u.matrix(), 1.0, grad.view_mut());
+                    gemm(
+                        1.0,
+                        self.scaled.matrix().t(),
+                        u.matrix(),
+                        1.0,
+                        grad.view_mut(),
+                    );
                 }
             }
             self.feedback.deliver(model, &self.logits_grad)?;
