@@ -2,6 +2,8 @@
 //! started again, finishes the grid without redoing finished runs and prints the same summary
 //! as an uninterrupted one.
 
+mod common;
+
 #[path = "../examples/sweep/grid.rs"]
 mod grid;
 #[path = "../examples/sweep/stats.rs"]
@@ -217,6 +219,11 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (SystemTime, Vec<u8>)> {
 
 #[test]
 fn interrupted_sweep_resumes_and_summarises_like_an_uninterrupted_one() {
+    let Some(_) =
+        common::mnist_or_skip("interrupted_sweep_resumes_and_summarises_like_an_uninterrupted_one")
+    else {
+        return;
+    };
     let whole = scratch("whole");
     let out = sweep(&whole.0, &[]);
     assert!(out.status.success(), "{}", text(&out));
@@ -292,6 +299,9 @@ fn a_missing_dataset_is_refused_before_any_run_starts() {
 
 #[test]
 fn more_epochs_continue_finished_runs() {
+    let Some(_) = common::mnist_or_skip("more_epochs_continue_finished_runs") else {
+        return;
+    };
     let grid = ["--rules", "FDFA", "--seeds", "3", "--epochs", "2"];
     let report = ["--report-epochs", "1,2"];
     let once = scratch("once");

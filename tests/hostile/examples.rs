@@ -59,6 +59,11 @@ fn strings(args: &[&str]) -> Vec<String> {
 
 #[test]
 fn runs_started_together_into_one_log_dir_stay_separate_and_complete() {
+    let Some(_) = crate::common::mnist_or_skip(
+        "runs_started_together_into_one_log_dir_stay_separate_and_complete",
+    ) else {
+        return;
+    };
     let tmp = TempDir::new("sweep");
     let logs = tmp.path().join("results");
     // A seed sweep: 4 processes started in the same instant.
@@ -97,6 +102,11 @@ fn runs_started_together_into_one_log_dir_stay_separate_and_complete() {
 
 #[test]
 fn paths_in_state_json_are_not_trusted_and_the_log_follows_the_checkpoint() {
+    let Some(_) = crate::common::mnist_or_skip(
+        "paths_in_state_json_are_not_trusted_and_the_log_follows_the_checkpoint",
+    ) else {
+        return;
+    };
     let tmp = TempDir::new("log-path");
     let stdout = run_ok(&small(&tmp.path().join("a"), &["--epochs", "1"]));
     let ckpt = checkpoint_of(&stdout);
@@ -171,6 +181,11 @@ fn paths_in_state_json_are_not_trusted_and_the_log_follows_the_checkpoint() {
 
 #[test]
 fn a_second_process_on_the_same_checkpoint_is_refused() {
+    let Some(_) =
+        crate::common::mnist_or_skip("a_second_process_on_the_same_checkpoint_is_refused")
+    else {
+        return;
+    };
     let tmp = TempDir::new("two-resumes");
     let stdout = run_ok(&small(tmp.path(), &["--epochs", "1"]));
     let ckpt = checkpoint_of(&stdout);
@@ -203,6 +218,11 @@ fn a_second_process_on_the_same_checkpoint_is_refused() {
 
 #[test]
 fn two_processes_resuming_one_checkpoint_at_once_let_one_through() {
+    let Some(_) = crate::common::mnist_or_skip(
+        "two_processes_resuming_one_checkpoint_at_once_let_one_through",
+    ) else {
+        return;
+    };
     let tmp = TempDir::new("two-processes");
     let stdout = run_ok(&small(tmp.path(), &["--epochs", "1"]));
     let ckpt = checkpoint_of(&stdout);
@@ -258,6 +278,11 @@ fn run_limited(kib: u64, args: &[String]) -> (Option<i32>, String, String) {
 #[cfg(unix)]
 #[test]
 fn a_full_disk_leaves_no_partial_files_and_resume_clears_stale_ones() {
+    let Some(_) = crate::common::mnist_or_skip(
+        "a_full_disk_leaves_no_partial_files_and_resume_clears_stale_ones",
+    ) else {
+        return;
+    };
     let tmp = TempDir::new("full-disk");
     let stdout = run_ok(&small(tmp.path(), &["--epochs", "1"]));
     let ckpt = checkpoint_of(&stdout);
@@ -297,6 +322,11 @@ fn a_full_disk_leaves_no_partial_files_and_resume_clears_stale_ones() {
 
 #[test]
 fn a_dry_run_of_a_resumed_run_touches_none_of_its_files() {
+    let Some(_) =
+        crate::common::mnist_or_skip("a_dry_run_of_a_resumed_run_touches_none_of_its_files")
+    else {
+        return;
+    };
     let tmp = TempDir::new("dry-resume");
     let stdout = run_ok(&small(tmp.path(), &["--epochs", "1"]));
     let ckpt = checkpoint_of(&stdout);
@@ -319,6 +349,11 @@ fn a_dry_run_of_a_resumed_run_touches_none_of_its_files() {
 
 #[test]
 fn absurd_flag_values_are_refused_or_capped_before_anything_is_trained() {
+    let Some(_) = crate::common::mnist_or_skip(
+        "absurd_flag_values_are_refused_or_capped_before_anything_is_trained",
+    ) else {
+        return;
+    };
     let tmp = TempDir::new("absurd");
     let dry = |more: &[&str]| {
         let mut args = small(tmp.path(), more);
@@ -494,6 +529,11 @@ fn data_that_does_not_fit_the_run_is_refused() {
 
 #[test]
 fn resuming_a_finished_run_says_how_many_epochs_it_has_done() {
+    let Some(_) =
+        crate::common::mnist_or_skip("resuming_a_finished_run_says_how_many_epochs_it_has_done")
+    else {
+        return;
+    };
     let tmp = TempDir::new("finished");
     let stdout = run_ok(&small(tmp.path(), &["--epochs", "2"]));
     let ckpt = checkpoint_of(&stdout);

@@ -6,6 +6,9 @@
 //! of width 16 on synthetic 28x28 images; example tests run the `mnist` example of this
 //! profile on a few hundred samples of the repository's MNIST.
 
+#[path = "../common/mod.rs"]
+mod common;
+
 mod accepted;
 mod checksum;
 mod data_files;
