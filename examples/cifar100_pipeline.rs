@@ -10,7 +10,7 @@
 //! `cifar100` example's real epoch on those files.
 //!
 //! ```text
-//! cargo run --release --example cifar100_pipeline -- --data-dir /tmp/cifar-100-binary \
+//! cargo run --release --example cifar100_pipeline -- --data-dir cifar-scratch/cifar-100-binary \
 //!     --write --batches 12 --threads 2
 //! ```
 
