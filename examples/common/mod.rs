@@ -460,7 +460,7 @@ fn run(
     }
     let mut rng = fdfa::init::rng(args.seed);
     let mut model = build(args, &mut rng)?;
-    if train.sample_shape() != model.input_shape() {
+    if !fdfa::data::fits_input(train.sample_shape(), model.input_shape()) {
         let dir = fdfa::data::locate(dataset, args.data_dir.as_deref())
             .unwrap_or_else(|_| args.data_dir.clone().unwrap_or_default());
         let dims = |s: &[usize]| {

@@ -6,7 +6,7 @@ use std::ops::Range;
 use ndarray::{ArrayView, Dimension};
 use rayon::prelude::*;
 
-use super::{DataSource, MIN_SAMPLES_PER_TASK, check_batch};
+use super::{DataSource, MIN_SAMPLES_PER_TASK, check_batch, check_subset, sample_len};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
@@ -256,16 +256,7 @@ impl FeatureDataset {
         if classes == 0 {
             return Err(Error::config(WHO, "classes", "must be positive"));
         }
-        let sample_len = sample_shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| {
-                Error::config(
-                    WHO,
-                    "sample_shape",
-                    format!("{sample_shape:?} overflows usize"),
-                )
-            })?;
+        let sample_len = sample_len(WHO, sample_shape)?;
         if labels.len().checked_mul(sample_len) != Some(features.len()) {
             return Err(Error::shape(
                 WHO,
@@ -384,36 +375,16 @@ impl FeatureDataset {
     /// # Errors
     /// [`Error::InvalidConfig`] when `range` is decreasing or ends past [`len`](Self::len).
     pub fn subset(&self, range: Range<usize>) -> Result<Self> {
-        if range.start > range.end || range.end > self.len() {
-            return Err(Error::config(
-                "FeatureDataset::subset",
-                "range",
-                format!(
-                    "{}..{} is not within the {} samples",
-                    range.start,
-                    range.end,
-                    self.len()
-                ),
-            ));
-        }
+        check_subset("FeatureDataset::subset", &range, self.len())?;
         let d = self.sample_len;
         Ok(Self {
             features: self.features[range.start * d..range.end * d].to_vec(),
             labels: self.labels[range].to_vec(),
-            ..self.clone_empty()
-        })
-    }
-
-    /// Everything but the samples.
-    fn clone_empty(&self) -> Self {
-        Self {
-            features: Vec::new(),
-            labels: Vec::new(),
             sample_shape: self.sample_shape.clone(),
-            sample_len: self.sample_len,
+            sample_len: d,
             classes: self.classes,
             normalize: self.normalize.clone(),
-        }
+        })
     }
 }
 

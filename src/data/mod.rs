@@ -267,16 +267,7 @@ impl Dataset {
         if classes == 0 {
             return Err(Error::config(LAYER, "classes", "must be positive"));
         }
-        let sample_len = sample_shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .ok_or_else(|| {
-                Error::config(
-                    LAYER,
-                    "sample_shape",
-                    format!("{sample_shape:?} overflows usize"),
-                )
-            })?;
+        let sample_len = sample_len(LAYER, &sample_shape)?;
         let expected = labels.len().checked_mul(sample_len);
         if expected != Some(pixels.len()) {
             return Err(Error::shape(
@@ -370,18 +361,7 @@ impl Dataset {
     /// # }
     /// ```
     pub fn subset(&self, range: Range<usize>) -> Result<Self> {
-        if range.start > range.end || range.end > self.len() {
-            return Err(Error::config(
-                "Dataset::subset",
-                "range",
-                format!(
-                    "{}..{} is not within the {} samples",
-                    range.start,
-                    range.end,
-                    self.len()
-                ),
-            ));
-        }
+        check_subset("Dataset::subset", &range, self.len())?;
         // In range, so the products cannot overflow: they are at most `pixels.len()`.
         let pixels =
             self.pixels[range.start * self.sample_len..range.end * self.sample_len].to_vec();
@@ -432,6 +412,29 @@ impl Dataset {
         let start = index * self.sample_len;
         &self.pixels[start..start + self.sample_len]
     }
+}
+
+/// The number of values in a sample of `shape`, or an error naming `who` when it overflows.
+pub(crate) fn sample_len(who: &str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| Error::config(who, "sample_shape", format!("{shape:?} overflows usize")))
+}
+
+/// Checks that `range` is an increasing range within `len` samples, for a `subset`.
+pub(crate) fn check_subset(who: &str, range: &Range<usize>, len: usize) -> Result<()> {
+    if range.start > range.end || range.end > len {
+        return Err(Error::config(
+            who,
+            "range",
+            format!(
+                "{}..{} is not within the {len} samples",
+                range.start, range.end
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the arguments of [`DataSource::fill_batch`]: `x` holds `indices.len()` samples of
