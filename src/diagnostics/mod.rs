@@ -71,6 +71,26 @@ impl Default for MeasureConfig {
     }
 }
 
+impl MeasureConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] when `repeats` or `jacobian_samples` is zero.
+    pub fn validate(&self) -> Result<()> {
+        if self.repeats == 0 {
+            return Err(Error::config("measure", "repeats", "must be at least 1"));
+        }
+        if self.jacobian_samples == Some(0) {
+            return Err(Error::config(
+                "measure",
+                "jacobian_samples",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// What [`measure`] found at one hidden block.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerAlignment {
@@ -122,16 +142,7 @@ impl AlignmentProbe {
         if every == 0 {
             return Err(Error::config("measure", "every", "must be positive"));
         }
-        if config.repeats == 0 {
-            return Err(Error::config("measure", "repeats", "must be at least 1"));
-        }
-        if config.jacobian_samples == Some(0) {
-            return Err(Error::config(
-                "measure",
-                "jacobian_samples",
-                "must be at least 1",
-            ));
-        }
+        config.validate()?;
         Ok(Self {
             every,
             config,
@@ -336,16 +347,7 @@ pub fn measure(
     rng: &mut Rng,
     config: &MeasureConfig,
 ) -> Result<Vec<LayerAlignment>> {
-    if config.repeats == 0 {
-        return Err(Error::config("measure", "repeats", "must be at least 1"));
-    }
-    if config.jacobian_samples == Some(0) {
-        return Err(Error::config(
-            "measure",
-            "jacobian_samples",
-            "must be at least 1",
-        ));
-    }
+    config.validate()?;
     let snapshot = Snapshot::take(model, rule);
     let result = measure_inner(model, rule, x, targets, rng, config);
     snapshot.restore(model, rule);
