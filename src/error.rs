@@ -124,6 +124,15 @@ pub enum Error {
         /// parameter.
         tensor: String,
     },
+    /// Training across ranks failed: a rank disagrees with the others, the transport
+    /// failed, or another rank stopped (see [`distributed`](crate::distributed)).
+    #[error("rank {rank}: {reason}")]
+    Distributed {
+        /// The rank that reports it.
+        rank: usize,
+        /// What happened.
+        reason: String,
+    },
     /// A saved state does not match what is being asked of it.
     #[error("incompatible {setting}: saved `{saved}`, requested `{requested}`")]
     Incompatible {

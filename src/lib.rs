@@ -61,6 +61,7 @@
 mod csv;
 pub mod data;
 pub mod diagnostics;
+pub mod distributed;
 pub mod doc;
 pub mod error;
 pub mod init;

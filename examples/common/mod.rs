@@ -4,6 +4,25 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
+
+/// Whether this process stays silent: a rank other than 0 of a `--distributed` run, whose
+/// lines would repeat rank 0's.
+static QUIET: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `println!` on rank 0 (or the only process) alone.
+macro_rules! say {
+    ($($t:tt)*) => {
+        if !$crate::common::quiet() {
+            println!($($t)*);
+        }
+    };
+}
+
+/// Whether this process prints nothing but errors ([`QUIET`]).
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
 mod budget;
 mod download;
 mod run_dir;
@@ -18,6 +37,7 @@ use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches, Parser};
 use fdfa::data::{Augmented, CIFAR100_SIZE, DataSource, DatasetName};
 use fdfa::diagnostics::{AlignmentLog, AlignmentProbe, MeasureConfig, alignment_log_path};
+use fdfa::distributed::{BatchNormSync, Communicator};
 use fdfa::model::Model;
 use fdfa::rules::RuleKind;
 use fdfa::train::checkpoint::{self, CheckpointLock, RunInfo};
@@ -41,7 +61,15 @@ pub const FREE_ON_RESUME: [&str; 7] = [
 /// rather than compared as flags: `--data-dir` may change, the data it points at may not.
 const DATA_FACTS: [&str; 2] = ["train-data", "test-data"];
 /// Flags that describe one invocation rather than the run: neither saved nor adopted.
-const NOT_SAVED: [&str; 3] = ["resume", "dry-run", "inject-nan-at-batch"];
+/// `--distributed` and `--batch-norm-sync` among them: a run may resume on another number of
+/// ranks, or on one process.
+const NOT_SAVED: [&str; 5] = [
+    "resume",
+    "dry-run",
+    "inject-nan-at-batch",
+    "distributed",
+    "batch-norm-sync",
+];
 /// Flags without a value.
 const SWITCHES: [&str; 2] = ["conv", "dry-run"];
 
@@ -144,6 +172,16 @@ pub struct Args {
     /// (default: all); each costs one backward pass per class.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub alignment_jacobian_samples: Option<u64>,
+    /// Data-parallel training over MPI: run under `mpirun -n N` (or `srun`); every rank
+    /// trains on its share of each batch, rank 0 writes the log and the checkpoints. Needs
+    /// the `mpi` feature.
+    #[arg(long)]
+    pub distributed: bool,
+    /// BatchNorm under `--distributed`: `sync` normalises over the global batch (the
+    /// single-process algorithm), `per-rank` over each rank's share (PyTorch DDP's default,
+    /// a different algorithm).
+    #[arg(long, default_value = "sync", value_parser = parse_batch_norm_sync)]
+    pub batch_norm_sync: BatchNormSync,
     /// Whether `--log-dir` was given on this command line (not taken from a checkpoint).
     #[arg(skip)]
     pub log_dir_given: bool,
@@ -169,6 +207,10 @@ fn unit_interval(s: &str) -> Result<f32, String> {
     } else {
         Err(format!("`{s}` must lie in (0, 1]"))
     }
+}
+
+fn parse_batch_norm_sync(s: &str) -> Result<BatchNormSync, String> {
+    s.parse().map_err(|e: fdfa::Error| e.to_string())
 }
 
 fn parse_rule(s: &str) -> Result<RuleKind, String> {
@@ -448,6 +490,10 @@ fn run(
             .num_threads(t)
             .build_global();
     }
+    // Every rank joins before anything else, so that a failure to start is everyone's.
+    let group = connect(args)?;
+    let root = group.as_ref().is_none_or(|g| g.rank() == 0);
+    QUIET.store(!root, Ordering::Relaxed);
     let (train, test) = load_data(dataset, args)?;
     for (flag, source) in [("--train-samples", &train), ("--test-samples", &test)] {
         if source.is_empty() {
@@ -485,13 +531,21 @@ fn run(
     let rule = args
         .train_mode
         .build(&model, args.directions as usize, &mut rng)?;
-    println!(
-        "{dataset}: {} training and {} test samples; {} with {} parameters on {} thread(s)",
+    say!(
+        "{dataset}: {} training and {} test samples; {} with {} parameters on {} thread(s){}",
         train.len(),
         test.len(),
         args.train_mode,
         model.param_count(),
-        fdfa::parallel::threads()
+        fdfa::parallel::threads(),
+        match &group {
+            Some(g) => format!(
+                " x {} ranks ({:?} BatchNorm)",
+                g.size(),
+                args.batch_norm_sync
+            ),
+            None => String::new(),
+        }
     );
     let mut trainer = Trainer::new(model, rule, args.train_config())?;
     let mut settings = args.settings(dataset);
@@ -513,21 +567,22 @@ fn run(
                     });
                 }
             }
-            _lock = match args.dry_run {
+            // Rank 0 alone owns the folder; the other ranks only read it.
+            _lock = match args.dry_run || !root {
                 true => None,
                 false => Some(CheckpointLock::acquire(dir)?),
             };
             if let Some(lock) = &_lock {
                 let removed = checkpoint::remove_temporaries(lock)?;
                 if !removed.is_empty() {
-                    println!(
+                    say!(
                         "removed {} temporary file(s) of an interrupted save",
                         removed.len()
                     );
                 }
             }
-            if !checkpoint::has_checksums(dir)? {
-                eprintln!(
+            if root && !checkpoint::has_checksums(dir)? {
+                esay!(
                     "warning: {} has no checksums (saved by an older fdfa): damage to its \
                      files cannot be detected; the next checkpoint will have them",
                     dir.display()
@@ -544,9 +599,9 @@ fn run(
                     ),
                 });
             }
-            println!("resuming from {} ({})", dir.display(), position(&trainer));
+            say!("resuming from {} ({})", dir.display(), position(&trainer));
             if trainer.finished() {
-                println!(
+                say!(
                     "nothing to train: the run has done {} epoch(s) and --epochs asks for {}; \
                      ask for more with --epochs",
                     trainer.progress().epoch,
@@ -556,8 +611,10 @@ fn run(
             }
             let given = args.log_dir_given.then_some(args.log_dir.as_path());
             let log = run_dir::resumed_log(dir, given, mode)?;
-            (log, (!args.dry_run).then(|| dir.clone()))
+            (log, (!args.dry_run && root).then(|| dir.clone()))
         }
+        // The other ranks of a distributed run write nothing.
+        _ if !root => (PathBuf::new(), None),
         _ => {
             let folder = args.log_dir.join(mode);
             let (csv, ckpt) = run_dir::reserve(&folder, &timestamp(), args.dry_run)?;
@@ -566,15 +623,15 @@ fn run(
         }
     };
     // A dry run of a resumed run leaves the run's files as they are.
-    let touch = !(args.dry_run && args.resume.is_some());
+    let touch = root && !(args.dry_run && args.resume.is_some());
     let mut log = match touch {
         true => Some(CsvLog::rewrite(&log_path, &trainer.progress().records)?),
         false => None,
     };
     if touch {
-        println!("logging to {}", log_path.display());
+        say!("logging to {}", log_path.display());
     } else {
-        println!(
+        say!(
             "dry run: {} and the checkpoint stay as they are",
             log_path.display()
         );
@@ -605,7 +662,7 @@ fn run(
             let path = alignment_log_path(&log_path);
             match touch {
                 true => {
-                    println!("alignment every {every} batches to {}", path.display());
+                    say!("alignment every {every} batches to {}", path.display());
                     Some((AlignmentLog::open(&path)?, probe))
                 }
                 false => None,
@@ -613,7 +670,12 @@ fn run(
         }
         None => None,
     };
+    if let Some(g) = &group {
+        // After any resume: the ranks compare what they loaded.
+        trainer.set_distributed(g.clone(), args.batch_norm_sync)?;
+    }
     let mut saving = Saving {
+        group,
         dir,
         run: RunInfo {
             settings,
@@ -632,4 +694,28 @@ fn run(
         args,
         &mut saving,
     )
+}
+
+/// The MPI world when `--distributed` is given.
+#[cfg(feature = "mpi")]
+fn connect(args: &Args) -> fdfa::Result<Option<Arc<dyn Communicator>>> {
+    if !args.distributed {
+        return Ok(None);
+    }
+    let world = fdfa::distributed::MpiCommunicator::init()?;
+    Ok(Some(Arc::new(world)))
+}
+
+/// `--distributed` needs the `mpi` feature.
+#[cfg(not(feature = "mpi"))]
+fn connect(args: &Args) -> fdfa::Result<Option<Arc<dyn Communicator>>> {
+    match args.distributed {
+        false => Ok(None),
+        true => Err(refused(
+            "--distributed",
+            "this example was built without MPI; build it with `--features mpi` (see the \
+             README's section on distributed training)"
+                .into(),
+        )),
+    }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use fdfa::data::DataSource;
 use fdfa::diagnostics::{AlignmentLog, AlignmentProbe};
+use fdfa::distributed::Communicator;
 use fdfa::layers::StateMut;
 use fdfa::train::checkpoint::{self, RunInfo};
 use fdfa::train::{CsvLog, Trainer};
@@ -28,6 +29,8 @@ pub enum Outcome {
 
 /// Where and when a run saves checkpoints, and the Ctrl-C flag.
 pub struct Saving<'a> {
+    /// The ranks of a distributed run, which must agree on when to stop.
+    pub group: Option<Arc<dyn Communicator>>,
     /// The checkpoint folder; `None` saves nothing.
     pub dir: Option<PathBuf>,
     /// What the checkpoints record about the run.
@@ -41,6 +44,18 @@ pub struct Saving<'a> {
 }
 
 impl Saving<'_> {
+    /// Whether to stop after this batch: Ctrl-C on any rank stops every rank at the same
+    /// batch (a rank that stopped alone would leave the others waiting for it).
+    fn stopping(&self) -> fdfa::Result<bool> {
+        let mine = self.stop.load(Ordering::SeqCst);
+        let Some(group) = &self.group else {
+            return Ok(mine);
+        };
+        let mut flag = [f64::from(u8::from(mine))];
+        group.sum_f64(&mut flag, &vec![1.0; group.size()])?;
+        Ok(flag[0] > 0.0)
+    }
+
     /// Saves a checkpoint, if there is a folder, and says so on `say`.
     fn save(&mut self, trainer: &mut Trainer, say: &dyn Fn(String)) -> fdfa::Result<()> {
         let Some(dir) = &self.dir else {
@@ -110,6 +125,7 @@ pub fn train_loop(
     let log = Some(log);
     let (stop, mut last_good) = (AtomicBool::new(false), None);
     let mut saving = Saving {
+        group: None,
         dir: None,
         run: RunInfo::default(),
         stop: &stop,
@@ -136,7 +152,11 @@ pub fn train_loop_with(
     while !trainer.finished() {
         let epoch = trainer.progress().epoch + 1;
         let batches = train.len().div_ceil(bs) as u64;
-        let bar = ProgressBar::new(batches).with_prefix(format!("epoch {epoch}"));
+        let bar = match super::quiet() {
+            true => ProgressBar::hidden(),
+            false => ProgressBar::new(batches),
+        }
+        .with_prefix(format!("epoch {epoch}"));
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ({eta})")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -145,17 +165,18 @@ pub fn train_loop_with(
         bar.set_position(trainer.progress().batch as u64);
         let say = |line: String| {
             if bar.is_hidden() {
-                println!("{line}");
+                say!("{line}");
             } else {
                 bar.println(line);
             }
         };
+        let mut failed = None;
         let start = Instant::now();
         let mut samples = 0usize;
         let train_loss = loop {
             if inject == Some(done + 1) {
                 let name = poison(trainer);
-                eprintln!("injecting NaN into {name} before batch {}", done + 1);
+                esay!("injecting NaN into {name} before batch {}", done + 1);
                 inject = None;
             }
             let mut pause = None;
@@ -177,7 +198,11 @@ pub fn train_loop_with(
                     ));
                 }
                 let every = args.checkpoint_every.map(|n| n as usize);
-                pause = if saving.stop.load(Ordering::SeqCst) {
+                let stopping = saving.stopping().unwrap_or_else(|e| {
+                    failed = Some(e);
+                    true
+                });
+                pause = if stopping {
                     Some(Pause::Stop)
                 } else if inject == Some(done + 1) {
                     Some(Pause::Inject)
@@ -198,6 +223,9 @@ pub fn train_loop_with(
                 let rows = probe.lock().map(|mut p| p.take_rows()).unwrap_or_default();
                 alignment.append(&rows)?;
             }
+            if let Some(e) = failed.take() {
+                return Err(e);
+            }
             let p = trainer.progress();
             let partial = p.loss_sum / p.batch.max(1) as f64;
             match (result?, pause) {
@@ -214,7 +242,7 @@ pub fn train_loop_with(
         bar.finish_and_clear();
         let elapsed = start.elapsed().as_secs_f64();
         let record = trainer.finish_epoch(train_loss, test)?;
-        println!(
+        say!(
             "Epoch {}: training loss {:.4}, test loss {:.4}, test accuracy {:.2}% ({:.0} samples/s)",
             record.epoch,
             record.train_loss,
@@ -228,8 +256,8 @@ pub fn train_loop_with(
         if args.dry_run {
             break;
         }
-        saving.save(trainer, &|line| println!("{line}"))?;
-        if saving.stop.load(Ordering::SeqCst) && !trainer.finished() {
+        saving.save(trainer, &|line| say!("{line}"))?;
+        if saving.stopping()? && !trainer.finished() {
             return interrupted(trainer, saving);
         }
     }
@@ -238,14 +266,14 @@ pub fn train_loop_with(
 
 /// Saves after Ctrl-C and says how to continue.
 fn interrupted(trainer: &mut Trainer, saving: &mut Saving<'_>) -> fdfa::Result<Outcome> {
-    saving.save(trainer, &|line| println!("{line}"))?;
+    saving.save(trainer, &|line| say!("{line}"))?;
     match &saving.dir {
-        Some(dir) => println!(
+        Some(dir) => say!(
             "interrupted {}; continue with --resume {}",
             position(trainer),
             dir.display()
         ),
-        None => println!("interrupted; no checkpoint saved"),
+        None => say!("interrupted; no checkpoint saved"),
     }
     Ok(Outcome::Interrupted)
 }

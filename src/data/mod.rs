@@ -96,9 +96,11 @@ pub trait DataSource: Send + Sync {
     /// normalised as the reference does (`pixel / 255`, then `(p - 0.5) / 0.5`), and their
     /// labels into `targets` (length `indices.len()`).
     ///
-    /// `seed` drives any random augmentation: sample `j` of the batch uses its own generator
-    /// derived from `(seed, j)` (see [`sample_rng`]), so the fill runs in parallel over samples
-    /// and gives the same result whatever the number of threads.
+    /// `seed` drives any random augmentation: sample `i` (the index, not its place in the
+    /// batch) uses its own generator derived from `(seed, i)` (see [`sample_rng`]), so the
+    /// fill runs in parallel over samples and gives the same result whatever the number of
+    /// threads, and a batch split over ranks is filled as the whole batch would be (each
+    /// index appears once per batch, and `seed` changes from batch to batch).
     ///
     /// # Errors
     ///
@@ -168,8 +170,8 @@ pub fn check_fits(source: &dyn DataSource, input_shape: &[usize], classes: usize
     Ok(())
 }
 
-/// The generator that sample `j` of a batch filled with `seed` uses for its augmentation:
-/// ChaCha8 seeded from `seed`, on stream `j`.
+/// The generator that the sample of index `j` in a batch filled with `seed` uses for its
+/// augmentation: ChaCha8 seeded from `seed`, on stream `j`.
 ///
 /// ```
 /// use fdfa::data::sample_rng;

@@ -164,12 +164,11 @@ impl DataSource for Augmented {
         x.par_chunks_mut(self.sample_len)
             .zip(targets.par_iter_mut())
             .zip(indices.par_iter())
-            .enumerate()
             .with_min_len(MIN_SAMPLES_PER_TASK)
-            .for_each(|(j, ((out, target), &i))| {
+            .for_each(|((out, target), &i)| {
                 let (crop, flip) = match self.mode {
                     Mode::Train => {
-                        let mut rng = sample_rng(seed, j);
+                        let mut rng = sample_rng(seed, i);
                         let crop = random_resized_crop(shape[1], shape[2], &mut rng);
                         (crop, rng.random::<f64>() < FLIP_P)
                     }

@@ -7,6 +7,7 @@ use super::{
     BufferMut, Layer, Param, ParamMut, ParamRef, State, StateMut, check_direction, check_grad,
     check_shape, explicit_tangent,
 };
+use crate::distributed::{BatchGroup, BatchNormSync};
 use crate::error::{Error, Result};
 use crate::parallel::{KeptBuffer, par_chunks_mut, par_zip_chunks_scratch};
 use crate::tensor::{Dual, Tensor};
@@ -111,6 +112,7 @@ impl BatchNormConfig {
             acc: vec![0.0; 2 * f],
             scale: vec![0.0; f],
             jvp: KeptBuffer::default(),
+            group: None,
         })
     }
 }
@@ -140,6 +142,9 @@ pub struct BatchNorm {
     scale: Vec<f64>,
     /// The parameter direction's JVP before it is added to every tangent block.
     jvp: KeptBuffer,
+    /// The ranks to sum statistics over, while training on a share of a batch with
+    /// synchronised BatchNorm.
+    group: Option<BatchGroup>,
 }
 
 /// `(n, c, s)` of a checked shape.
@@ -415,6 +420,33 @@ impl BatchNorm {
         &self.config
     }
 
+    /// Rows of the batch whose statistics this pass uses: all ranks' under synchronised
+    /// BatchNorm, else the `local` rows at hand.
+    fn batch_rows(&self, local: usize) -> usize {
+        self.group.as_ref().map_or(local, |g| g.shard().total)
+    }
+
+    /// Sums `acc[range]` over the ranks of a synchronised batch (nothing on one process):
+    /// plainly, or with each rank's weight in the global mean (`weighted`). Returns this
+    /// rank's weight when weighted, else 1.
+    fn sum_over_ranks(
+        &mut self,
+        range: impl std::slice::SliceIndex<[f64], Output = [f64]>,
+        weighted: bool,
+    ) -> Result<f64> {
+        let Some(group) = &self.group else {
+            return Ok(1.0);
+        };
+        let values = &mut self.acc[range];
+        if weighted {
+            group.comm().sum_f64(values, group.weights())?;
+            Ok(group.weight())
+        } else {
+            group.sum(values)?;
+            Ok(1.0)
+        }
+    }
+
     fn check(&self, shape: &[usize]) -> Result<()> {
         let f = Some(self.config.features);
         if self.config.spatial {
@@ -438,10 +470,20 @@ impl BatchNorm {
     /// This is the Jacobian of the training-mode normalisation times `gamma`. It is its own
     /// adjoint, so it gives both the JVP (`a` a tangent) and the input gradient (`a` the
     /// output gradient): the coupling of every sample through the batch statistics.
-    fn normalization_jacobian(&mut self, a: &[f32], out: &mut [f32], dims: (usize, usize, usize)) {
-        let m = (dims.0 * dims.2) as f64;
+    ///
+    /// `m` is the number of values per channel in the (global) batch; the means are divided
+    /// by `share` besides, this rank's weight in the global mean when `a` is a gradient of
+    /// its share's mean loss (1 otherwise).
+    fn normalization_jacobian(
+        &mut self,
+        a: &[f32],
+        out: &mut [f32],
+        dims: (usize, usize, usize),
+        m: f64,
+        share: f64,
+    ) {
         update_scale(&mut self.scale, self.weight.value.data(), &self.inv_std);
-        self.acc.iter_mut().for_each(|s| *s /= m);
+        self.acc.iter_mut().for_each(|s| *s /= m * share);
         let (mean_a, mean_ah) = self.acc.split_at(dims.1);
         let scale = &self.scale;
         channel_map(
@@ -476,8 +518,9 @@ impl Layer for BatchNorm {
         let x = input.primal();
         self.check(x.shape())?;
         let dims = layout(x.shape());
-        let (n, c, s) = dims;
-        let m = n * s;
+        let (_, c, s) = dims;
+        // Values per channel in the batch, all ranks' when the batch is split.
+        let m = self.batch_rows(dims.0) * s;
         if m < 2 {
             return Err(Error::shape(
                 &self.config.name,
@@ -489,11 +532,14 @@ impl Layer for BatchNorm {
         channel_sums2(x.data(), x.data(), dims, &mut self.acc, |v, _| {
             (v as f64, 0.0)
         });
+        self.sum_over_ranks(..c, false)?;
         for (mu, sum) in self.mean.iter_mut().zip(&self.acc[..c]) {
             *mu = sum / m as f64;
         }
         let mean = &self.mean;
         centred_squares(x.data(), dims, mean, &mut self.acc[..c]);
+        self.sum_over_ranks(..c, false)?;
+        let mean = &self.mean;
         let eps = self.config.eps as f64;
         let momentum = self.config.momentum;
         // Five per-channel arrays move together; an index reads better than a zip of five.
@@ -534,7 +580,8 @@ impl Layer for BatchNorm {
             let block = x.len();
             for (dxb, dyb) in dx.data().chunks(block).zip(dy.data_mut().chunks_mut(block)) {
                 self.sums_with_normalized(dxb, dims);
-                self.normalization_jacobian(dxb, dyb, dims);
+                self.sum_over_ranks(.., false)?;
+                self.normalization_jacobian(dxb, dyb, dims, m as f64, 1.0);
             }
         }
         Ok(())
@@ -603,8 +650,20 @@ impl Layer for BatchNorm {
         }
         if let Some(gx) = grad_input {
             gx.resize(input.shape());
-            self.normalization_jacobian(grad_output.data(), gx.data_mut(), dims);
+            // `grad_output` is a gradient of this rank's mean loss: the sums are combined
+            // with each rank's weight in the global mean, and the result is brought back to
+            // this rank's scale (see `distributed`).
+            let share = self.sum_over_ranks(.., true)?;
+            let m = (self.batch_rows(dims.0) * dims.2) as f64;
+            self.normalization_jacobian(grad_output.data(), gx.data_mut(), dims, m, share);
         }
+        Ok(())
+    }
+
+    fn set_batch_group(&mut self, group: Option<&BatchGroup>) -> Result<()> {
+        self.group = group
+            .filter(|g| g.batch_norm() == BatchNormSync::Synchronized && g.comm().size() > 1)
+            .cloned();
         Ok(())
     }
 

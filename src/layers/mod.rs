@@ -380,6 +380,18 @@ pub trait Layer: Send + Sync + Debug {
         grad_input: Option<&mut Tensor>,
     ) -> Result<()>;
 
+    /// Tells the layer that the next training passes see one rank's share of a batch split
+    /// over several ranks (`None`: the whole batch, the default state). Only a layer that
+    /// couples the samples of a batch needs it: BatchNorm sums its statistics over the
+    /// group's ranks. A custom layer that couples samples must do the same, or data-parallel
+    /// training changes its algorithm.
+    ///
+    /// # Errors
+    /// Whatever the layer cannot honour (e.g. a setting it does not support).
+    fn set_batch_group(&mut self, _group: Option<&crate::distributed::BatchGroup>) -> Result<()> {
+        Ok(())
+    }
+
     /// Visits the layer's state under PyTorch `state_dict` suffixes (`weight`, `bias`,
     /// `running_mean`, `running_var`, `num_batches_tracked`), in a fixed order. Stateless
     /// layers visit nothing.

@@ -25,6 +25,7 @@ mod zoo;
 pub use sequential::Sequential;
 pub use zoo::{alexnet_bn, fc, shallow_cnn};
 
+use crate::distributed::BatchGroup;
 use crate::error::{Error, Result};
 use crate::layers::{Layer, ParamMut, State, StateMut};
 use crate::tensor::{Dual, Tensor};
@@ -126,6 +127,8 @@ pub struct Model {
     first_param: Vec<Option<usize>>,
     /// Per block and layer, the number of trainable parameters.
     param_counts: Vec<Vec<usize>>,
+    /// The share of a batch split over ranks that the training passes see.
+    group: Option<BatchGroup>,
 }
 
 /// Names every unnamed layer by its position and checks that the names of the layers with
@@ -291,7 +294,33 @@ impl Model {
             eval_a: Tensor::default(),
             eval_b: Tensor::default(),
             logits: Tensor::default(),
+            group: None,
         })
+    }
+
+    /// Tells the training passes that they see one rank's share of a batch split over the
+    /// group's ranks (`None`: the whole batch, the default). Every layer hears of it
+    /// ([`Layer::set_batch_group`]: BatchNorm sums its statistics over the ranks), and so
+    /// does a rule's draw of random directions (each rank draws its rows of the global
+    /// batch's). The [`Trainer`](crate::train::Trainer) sets it around every step of a
+    /// distributed run and clears it after.
+    ///
+    /// # Errors
+    /// Whatever a layer cannot honour.
+    pub fn set_batch_group(&mut self, group: Option<BatchGroup>) -> Result<()> {
+        for block in &mut self.blocks {
+            for layer in &mut block.layers {
+                layer.set_batch_group(group.as_ref())?;
+            }
+        }
+        self.group = group;
+        Ok(())
+    }
+
+    /// The share of a split batch the training passes see, if any
+    /// ([`set_batch_group`](Self::set_batch_group)).
+    pub fn batch_group(&self) -> Option<&BatchGroup> {
+        self.group.as_ref()
     }
 
     /// The shape of one input sample.
@@ -698,24 +727,34 @@ impl Model {
         } = self;
         let (acts, input) = (&*acts, &*input);
         let last = blocks.len() - 1;
+        let one_block = |block: usize, b: &mut Block, [grad_a, grad_b]: &mut [Tensor; 2]| {
+            let pass = BlockPass {
+                block,
+                input,
+                acts,
+                first_param: first_param[block],
+            };
+            let out = acts[block][acts[block].len() - 1].primal();
+            grad_a.resize(out.shape());
+            // Every hidden block has a feedback point, so block `l` is point `l`.
+            grad(if block == last { None } else { Some(block) }, grad_a)?;
+            pass.backward(&mut b.layers, false, grad_a, grad_b)
+        };
+        if self.group.is_some() {
+            // A split batch's layers talk to the other ranks in the same order on every
+            // rank: one block after the other (each block's kernels stay parallel).
+            return blocks
+                .iter_mut()
+                .zip(local.iter_mut())
+                .enumerate()
+                .try_for_each(|(block, (b, bufs))| one_block(block, b, bufs));
+        }
         crate::parallel::run(|| {
             blocks
                 .par_iter_mut()
                 .zip(local.par_iter_mut())
                 .enumerate()
-                .map(|(block, (b, [grad_a, grad_b]))| {
-                    let pass = BlockPass {
-                        block,
-                        input,
-                        acts,
-                        first_param: first_param[block],
-                    };
-                    let out = acts[block][acts[block].len() - 1].primal();
-                    grad_a.resize(out.shape());
-                    // Every hidden block has a feedback point, so block `l` is point `l`.
-                    grad(if block == last { None } else { Some(block) }, grad_a)?;
-                    pass.backward(&mut b.layers, false, grad_a, grad_b)
-                })
+                .map(|(block, (b, bufs))| one_block(block, b, bufs))
                 // Ordered: the first failing block's error wins, whatever the scheduling.
                 .reduce(|| Ok(()), |a, b| a.and(b))
         })

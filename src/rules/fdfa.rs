@@ -121,8 +121,9 @@ impl LearningRule for Fdfa {
     ) -> Result<StepReport> {
         crate::parallel::run(|| {
             let mut buffers = std::mem::take(&mut self.buffers);
-            draw_directions(model, x.batch(), self.directions, rng, &mut buffers);
-            let report = self.step_with_directions(model, x, targets, &buffers);
+            let drawn = draw_directions(model, x.batch(), self.directions, rng, &mut buffers);
+            let report =
+                drawn.and_then(|()| self.step_with_directions(model, x, targets, &buffers));
             self.buffers = buffers;
             report
         })

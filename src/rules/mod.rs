@@ -189,14 +189,27 @@ const DIRECTION_ROWS: usize = 8;
 /// of `n` samples into `out` (`[k * n, point shape...]` each).
 ///
 /// `rng` gives one seed per point; fixed blocks of rows are filled in parallel from streams
-/// of that seed, so the numbers do not depend on the number of threads.
+/// of that seed, so the numbers do not depend on the number of threads. When the model
+/// trains on one rank's share of a split batch ([`Model::batch_group`]), the rank fills
+/// exactly its rows of the directions drawn for the whole batch, so they do not depend on the
+/// number of ranks either.
 pub(crate) fn draw_directions(
     model: &Model,
     n: usize,
     k: usize,
     rng: &mut Rng,
     out: &mut Vec<Tensor>,
-) {
+) -> Result<()> {
+    let shard = model.batch_group().map(|g| g.shard());
+    if let Some(shard) = shard
+        && shard.len != n
+    {
+        return Err(Error::shape(
+            "directions",
+            format!("a batch of this rank's {} samples", shard.len),
+            &[n],
+        ));
+    }
     out.resize_with(model.feedback_points().len(), Tensor::default);
     for (point, u) in model.feedback_points().iter().zip(out.iter_mut()) {
         let mut shape = vec![k * n];
@@ -204,11 +217,36 @@ pub(crate) fn draw_directions(
         u.resize(&shape);
         let seed = rng.next_u64();
         let row = point.features();
-        let work = k * n * row * 16;
-        par_chunks_mut(u.data_mut(), row, DIRECTION_ROWS, work, |block, values| {
-            crate::init::fill_normal_fast(values, seed, block as u64);
-        });
+        match shard.filter(|s| s.len != s.total) {
+            None => {
+                let work = k * n * row * 16;
+                par_chunks_mut(u.data_mut(), row, DIRECTION_ROWS, work, |block, values| {
+                    crate::init::fill_normal_fast(values, seed, block as u64);
+                });
+            }
+            Some(shard) => {
+                // Row `i` of direction `j` is row `j * total + offset + i` of the whole
+                // batch's draw; each block of rows is drawn at its full length, as the
+                // single process draws it, and the rows of this share copied out.
+                let all_rows = k * shard.total;
+                par_chunks_mut(u.data_mut(), row, n, k * n * row * 16, |j, dst| {
+                    let first = j * shard.total + shard.offset;
+                    let last = first + n;
+                    let mut scratch = Vec::new();
+                    for block in first / DIRECTION_ROWS..last.div_ceil(DIRECTION_ROWS) {
+                        let start = block * DIRECTION_ROWS;
+                        let end = (start + DIRECTION_ROWS).min(all_rows);
+                        scratch.resize((end - start) * row, 0.0);
+                        crate::init::fill_normal_fast(&mut scratch, seed, block as u64);
+                        let (lo, hi) = (first.max(start), last.min(end));
+                        dst[(lo - first) * row..(hi - first) * row]
+                            .copy_from_slice(&scratch[(lo - start) * row..(hi - start) * row]);
+                    }
+                });
+            }
+        }
     }
+    Ok(())
 }
 
 /// A forward pass that adds `directions[l]` to the tangent at every feedback point.

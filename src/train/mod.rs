@@ -14,15 +14,19 @@ pub use csv_log::CsvLog;
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use ndarray_rand::rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
+use crate::distributed::{BatchGroup, BatchNormSync, Communicator, Shard};
 use crate::error::{Error, Result};
 use crate::init::{Rng, rng};
+use crate::layers::ParamMut;
 use crate::loss::evaluate_rows;
 use crate::model::Model;
+use crate::optim::Parameters;
 use crate::optim::{Adam, AdamConfig, AdamState, StepLr};
 use crate::rules::{Learned, LearningRule};
 use crate::tensor::Tensor;
@@ -249,6 +253,80 @@ pub struct Trainer {
     targets: Vec<usize>,
     order: Vec<usize>,
     before_step: Hook,
+    dist: Option<Distributed>,
+}
+
+/// A trainer's place in a data-parallel run ([`Trainer::set_distributed`]).
+#[derive(Debug)]
+struct Distributed {
+    comm: Arc<dyn Communicator>,
+    batch_norm: BatchNormSync,
+    /// The step's flag, loss and gradients, packed for one sum over the ranks.
+    exchange: Vec<f32>,
+}
+
+impl Distributed {
+    /// The rule's step on this rank's share, then the sum of every rank's gradients (and
+    /// loss) weighted by its share of the batch; a failure on any rank fails every rank at
+    /// the same step.
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        model: &mut Model,
+        rule: &mut dyn LearningRule,
+        x: &Tensor,
+        targets: &[usize],
+        rng: &mut Rng,
+        shard: Shard,
+        (epoch, batch): (usize, usize),
+    ) -> Result<crate::rules::StepReport> {
+        let group = BatchGroup::new(self.comm.clone(), shard, self.batch_norm);
+        let local = model
+            .set_batch_group(Some(group.clone()))
+            .and_then(|()| rule.step(model, x, targets, rng));
+        model.set_batch_group(None)?;
+        // [failed, loss, forward gradients..., feedback gradients...]
+        let buf = &mut self.exchange;
+        buf.clear();
+        buf.push(f32::from(local.is_err()));
+        buf.push(local.as_ref().map_or(0.0, |r| r.loss));
+        model.visit_params(&mut |_, mut p| buf.extend_from_slice(p.storage_mut().1));
+        rule.visit_learned(&mut |_, mut p| buf.extend_from_slice(p.storage_mut().1));
+        self.comm.sum_f32(buf, group.weights())?;
+        if buf[0] != 0.0 {
+            return Err(local.err().unwrap_or_else(|| Error::Distributed {
+                rank: self.comm.rank(),
+                reason: format!("another rank failed at epoch {epoch}, batch {batch}"),
+            }));
+        }
+        let mut at = 2;
+        let mut unpack = |_: &str, mut p: ParamMut<'_>| {
+            let g = p.storage_mut().1;
+            g.copy_from_slice(&buf[at..at + g.len()]);
+            at += g.len();
+        };
+        model.visit_params(&mut unpack);
+        rule.visit_learned(&mut unpack);
+        if self.batch_norm == BatchNormSync::PerRank {
+            // Each rank's running statistics saw only its share: keep rank 0's, as DDP does.
+            let mut stats = Vec::new();
+            model.visit_state(&mut |_, s| {
+                if let crate::layers::State::Buffer(b) = s {
+                    stats.extend_from_slice(b.data());
+                }
+            });
+            self.comm.broadcast_f32(0, &mut stats)?;
+            let mut at = 0;
+            model.visit_state_mut(&mut |_, s| {
+                if let crate::layers::StateMut::Buffer(mut b) = s {
+                    let d = b.data_mut();
+                    d.copy_from_slice(&stats[at..at + d.len()]);
+                    at += d.len();
+                }
+            });
+        }
+        Ok(crate::rules::StepReport { loss: buf[1] })
+    }
 }
 
 /// The batch a training step is about to train on, as a
@@ -335,6 +413,7 @@ impl Trainer {
             targets: Vec::new(),
             order: Vec::new(),
             before_step: Hook::default(),
+            dist: None,
         })
     }
 
@@ -374,6 +453,138 @@ impl Trainer {
     /// ```
     pub fn set_before_step(&mut self, hook: Option<BeforeStep>) {
         self.before_step = Hook(hook);
+    }
+
+    /// Makes this trainer one rank of a data-parallel run over `comm`'s ranks (see
+    /// [`distributed`](crate::distributed)): every rank builds the same trainer (same
+    /// configuration, model, rule and position: from the same seed, or from the same
+    /// checkpoint), calls this, and runs the same loop. Each rank then trains on its share of
+    /// every global batch, the gradients are summed over the ranks before the optimizers
+    /// step, and evaluation splits the test set among the ranks; every rank ends each step
+    /// with the same weights. With [`BatchNormSync::Synchronized`] it is the single-process
+    /// algorithm, up to the order of f32 summation.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use std::sync::Arc;
+    /// use fdfa::data::Dataset;
+    /// use fdfa::distributed::{BatchNormSync, ThreadGroup};
+    /// use fdfa::rules::RuleKind;
+    /// use fdfa::train::{TrainConfig, Trainer};
+    ///
+    /// let pixels: Vec<u8> = (0..64 * 16).map(|i| ((i * 37) % 256) as u8).collect();
+    /// let labels: Vec<u32> = (0..64).map(|i| (i % 2) as u32).collect();
+    /// let data = Dataset::new(pixels, labels, [1, 4, 4], 2)?;
+    /// let train = |comm: Option<ThreadGroup>| -> fdfa::Result<Vec<f32>> {
+    ///     let mut rng = fdfa::init::rng(0);
+    ///     let model = fdfa::model::fc(&[1, 4, 4], 1, 8, 2, &mut rng)?;
+    ///     let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
+    ///     let config = TrainConfig::default().with_batch_size(16).with_epochs(2);
+    ///     let mut trainer = Trainer::new(model, rule, config)?;
+    ///     if let Some(comm) = comm {
+    ///         trainer.set_distributed(Arc::new(comm), BatchNormSync::Synchronized)?;
+    ///     }
+    ///     trainer.fit(&data, &data, &mut |_| ControlFlow::Continue(()))?;
+    ///     let mut weights = Vec::new();
+    ///     trainer.model().visit_state(&mut |_, s| {
+    ///         if let fdfa::layers::State::Param(p) = s { weights.extend(p.value().data()) }
+    ///     });
+    ///     Ok(weights)
+    /// };
+    /// let alone = train(None)?;
+    /// // Two ranks, as two threads of this process with a worker thread each.
+    /// let ranks = ThreadGroup::run(2, 1, |comm| train(Some(comm)))?;
+    /// let ranks: Vec<Vec<f32>> = ranks.into_iter().collect::<fdfa::Result<_>>()?;
+    /// assert_eq!(ranks[0], ranks[1]);
+    /// let worst = alone.iter().zip(&ranks[0]).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    /// assert!(worst < 1e-5, "{worst}");
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Distributed`] when the ranks disagree on the configuration, the model's
+    /// architecture or state, the rule or the position (the error names the first rank that
+    /// differs from rank 0), or the global batch is smaller than the number of ranks; as the
+    /// transport fails.
+    pub fn set_distributed(
+        &mut self,
+        comm: Arc<dyn Communicator>,
+        batch_norm: BatchNormSync,
+    ) -> Result<()> {
+        let size = comm.size();
+        let fail = |reason: String| Error::Distributed {
+            rank: comm.rank(),
+            reason,
+        };
+        if self.config.batch_size < size {
+            return Err(fail(format!(
+                "a batch of {} samples cannot be split over {size} ranks",
+                self.config.batch_size
+            )));
+        }
+        // Both serialize without fail (plain fields); an empty string would still compare.
+        let settings = format!(
+            "{}|{}|{}|{:?}",
+            serde_json::to_string(&self.config).unwrap_or_default(),
+            serde_json::to_string(&self.progress).unwrap_or_default(),
+            self.rule.name(),
+            batch_norm
+        );
+        crate::distributed::check_agreement(
+            comm.as_ref(),
+            "the configuration, the position or the rule",
+            crate::distributed::fingerprint(settings.as_bytes()),
+        )?;
+        crate::distributed::check_agreement(
+            comm.as_ref(),
+            "the model's architecture or state, or the rule's feedback matrices",
+            self.state_fingerprint(),
+        )?;
+        self.dist = Some(Distributed {
+            comm,
+            batch_norm,
+            exchange: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// The ranks of a data-parallel run and this trainer's rank among them, if any.
+    pub fn communicator(&self) -> Option<&dyn Communicator> {
+        self.dist.as_ref().map(|d| d.comm.as_ref())
+    }
+
+    /// Whether this trainer writes what a run writes once (logs, checkpoints, progress):
+    /// rank 0 of a data-parallel run, or the only process.
+    pub fn is_root(&self) -> bool {
+        self.dist.as_ref().is_none_or(|d| d.comm.rank() == 0)
+    }
+
+    /// A hash of the names, shapes and values of the model's state and of the rule's
+    /// feedback matrices.
+    fn state_fingerprint(&self) -> u64 {
+        let mut bytes = Vec::new();
+        let mut add = |name: &str, shape: &[usize], data: &[f32]| {
+            bytes.extend_from_slice(name.as_bytes());
+            for d in shape {
+                bytes.extend_from_slice(&(*d as u64).to_le_bytes());
+            }
+            // One word per value keeps the hash cheap on large models.
+            let h = data.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, v| {
+                (h ^ u64::from(v.to_bits())).wrapping_mul(0x0000_0100_0000_01b3)
+            });
+            bytes.extend_from_slice(&h.to_le_bytes());
+        };
+        self.model.visit_state(&mut |name, s| match s {
+            crate::layers::State::Param(p) => add(name, &p.shape(), p.value().data()),
+            crate::layers::State::Buffer(b) => add(name, b.shape(), b.data()),
+            crate::layers::State::Counter(c) => add(name, &[c as usize], &[]),
+        });
+        if let Some(feedback) = self.rule.feedback() {
+            for (name, b) in feedback.names().iter().zip(feedback.matrices()) {
+                add(name, b.value.shape(), b.value.data());
+            }
+        }
+        crate::distributed::fingerprint(&bytes)
     }
 
     /// The settings.
@@ -513,7 +724,7 @@ impl Trainer {
         self.x.data_mut().copy_from_slice(x.data());
         self.targets.clear();
         self.targets.extend_from_slice(targets);
-        self.step(self.progress.epoch + 1, 0)
+        self.step(self.progress.epoch + 1, 0, Shard::whole(n))
     }
 
     /// Whether every epoch has run.
@@ -556,11 +767,30 @@ impl Trainer {
         }
         while self.progress.batch < batches {
             let b = self.progress.batch;
-            let indices = &self.order[b * bs..((b + 1) * bs).min(n)];
-            let m = indices.len();
-            shape[0] = m;
+            let batch = &self.order[b * bs..((b + 1) * bs).min(n)];
+            let m = batch.len();
+            // A rank of a data-parallel run trains on its share of the global batch.
+            let shard = match &self.dist {
+                Some(d) => {
+                    let shard = Shard::of(m, d.comm.rank(), d.comm.size());
+                    if shard.len == 0 {
+                        return Err(Error::Distributed {
+                            rank: d.comm.rank(),
+                            reason: format!(
+                                "batch {} of epoch {epoch} holds {m} samples, fewer than the {} ranks",
+                                b + 1,
+                                d.comm.size()
+                            ),
+                        });
+                    }
+                    shard
+                }
+                None => Shard::whole(m),
+            };
+            let indices = &batch[shard.offset..shard.offset + shard.len];
+            shape[0] = shard.len;
             self.x.resize(&shape);
-            self.targets.resize(m, 0);
+            self.targets.resize(shard.len, 0);
             let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
             train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
             if let Some(hook) = &mut self.before_step.0 {
@@ -576,7 +806,7 @@ impl Trainer {
                 })?;
             }
             // Batches are counted from 1 in errors, as in the progress lines.
-            let report = self.step(epoch, b + 1)?;
+            let report = self.step(epoch, b + 1, shard)?;
             self.progress.batch += 1;
             self.progress.loss_sum += report as f64;
             let event = BatchEvent {
@@ -594,9 +824,10 @@ impl Trainer {
         Ok(Some(self.progress.loss_sum / batches.max(1) as f64))
     }
 
-    /// One training step on the batch in `self.x`: gradients, then the feedback optimizer,
-    /// then the forward one, with the non-finite guard.
-    fn step(&mut self, epoch: usize, batch: usize) -> Result<f32> {
+    /// One training step on the batch in `self.x` (this rank's `shard` of the global
+    /// batch): gradients (summed over the ranks of a data-parallel run), then the feedback
+    /// optimizer, then the forward one, with the non-finite guard.
+    fn step(&mut self, epoch: usize, batch: usize, shard: Shard) -> Result<f32> {
         let nonfinite = |tensor: String| Error::NonFinite {
             tensor,
             epoch,
@@ -606,8 +837,12 @@ impl Trainer {
         let (rule, model) = (&mut self.rule, &mut self.model);
         let (feedback_opt, forward_opt) = (&mut self.feedback_opt, &mut self.forward_opt);
         let (x, targets, rng) = (&self.x, &self.targets, &mut self.progress.rng);
+        let dist = &mut self.dist;
         crate::parallel::run(|| -> Result<_> {
-            let report = rule.step(model, x, targets, rng)?;
+            let report = match dist {
+                None => rule.step(model, x, targets, rng)?,
+                Some(d) => d.step(model, rule.as_mut(), x, targets, rng, shard, (epoch, batch))?,
+            };
             if !report.loss.is_finite() {
                 return Err(nonfinite("loss".into()));
             }
@@ -673,12 +908,23 @@ impl Trainer {
             .saturating_mul(bs)
             .min(n.max(1));
         let classes = self.model.classes();
-        let (mut loss_sum, mut groups, mut correct) = (0.0f64, 0usize, 0usize);
+        // Per group of `bs` samples its mean loss, then the number classified correctly: a
+        // rank of a data-parallel run fills the chunks it owns (every `size`-th) and zeros
+        // elsewhere, so the sum over ranks holds every value exactly, and the loss is added
+        // up in the same order as on one process.
+        let mut results = vec![0.0f64; n.div_ceil(bs) + 1];
+        let (rank, size) = self
+            .dist
+            .as_ref()
+            .map_or((0, 1), |d| (d.comm.rank(), d.comm.size()));
         let mut indices = Vec::with_capacity(chunk);
         let mut x = Tensor::default();
         let mut targets = Vec::new();
         let mut shape = self.batch_shape(0, test)?;
-        for start in (0..n).step_by(chunk) {
+        for (c, start) in (0..n).step_by(chunk).enumerate() {
+            if c % size != rank {
+                continue;
+            }
             let m = chunk.min(n - start);
             indices.clear();
             indices.extend(start..start + m);
@@ -696,16 +942,21 @@ impl Trainer {
                     classes,
                 });
             }
-            for (rows, ts) in logits.data().chunks(bs * classes).zip(targets.chunks(bs)) {
+            let groups = logits.data().chunks(bs * classes).zip(targets.chunks(bs));
+            for (g, (rows, ts)) in groups.enumerate() {
                 let (sum, ok) = evaluate_rows(rows, classes, ts);
-                loss_sum += sum / ts.len() as f64;
-                groups += 1;
-                correct += ok;
+                results[start / bs + g] = sum / ts.len() as f64;
+                *results.last_mut().expect("one slot at least") += ok as f64;
             }
         }
+        if let Some(d) = &self.dist {
+            d.comm.sum_f64(&mut results, &vec![1.0; size])?;
+        }
+        let (correct, losses) = results.split_last().expect("one slot at least");
+        let loss_sum = losses.iter().fold(0.0f64, |a, l| a + l);
         Ok((
-            loss_sum / groups.max(1) as f64,
-            100.0 * correct as f64 / n.max(1) as f64,
+            loss_sum / losses.len().max(1) as f64,
+            100.0 * correct / n.max(1) as f64,
         ))
     }
 
