@@ -582,7 +582,7 @@ fn run(
                 }
             }
             if root && !checkpoint::has_checksums(dir)? {
-                esay!(
+                eprintln!(
                     "warning: {} has no checksums (saved by an older fdfa): damage to its \
                      files cannot be detected; the next checkpoint will have them",
                     dir.display()

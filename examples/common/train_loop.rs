@@ -176,7 +176,7 @@ pub fn train_loop_with(
         let train_loss = loop {
             if inject == Some(done + 1) {
                 let name = poison(trainer);
-                esay!("injecting NaN into {name} before batch {}", done + 1);
+                eprintln!("injecting NaN into {name} before batch {}", done + 1);
                 inject = None;
             }
             let mut pause = None;
