@@ -912,7 +912,8 @@ impl Trainer {
         // rank of a data-parallel run fills the chunks it owns (every `size`-th) and zeros
         // elsewhere, so the sum over ranks holds every value exactly, and the loss is added
         // up in the same order as on one process.
-        let mut results = vec![0.0f64; n.div_ceil(bs) + 1];
+        let groups = n.div_ceil(bs);
+        let mut results = vec![0.0f64; groups + 1];
         let (rank, size) = self
             .dist
             .as_ref()
@@ -942,17 +943,17 @@ impl Trainer {
                     classes,
                 });
             }
-            let groups = logits.data().chunks(bs * classes).zip(targets.chunks(bs));
-            for (g, (rows, ts)) in groups.enumerate() {
+            let pairs = logits.data().chunks(bs * classes).zip(targets.chunks(bs));
+            for (g, (rows, ts)) in pairs.enumerate() {
                 let (sum, ok) = evaluate_rows(rows, classes, ts);
                 results[start / bs + g] = sum / ts.len() as f64;
-                *results.last_mut().expect("one slot at least") += ok as f64;
+                results[groups] += ok as f64;
             }
         }
         if let Some(d) = &self.dist {
             d.comm.sum_f64(&mut results, &vec![1.0; size])?;
         }
-        let (correct, losses) = results.split_last().expect("one slot at least");
+        let (losses, correct) = (&results[..groups], results[groups]);
         let loss_sum = losses.iter().fold(0.0f64, |a, l| a + l);
         Ok((
             loss_sum / losses.len().max(1) as f64,
