@@ -76,6 +76,17 @@ pub trait Communicator: Send + Sync + Debug {
     /// As [`sum_f64`](Self::sum_f64).
     fn sum_f32(&self, values: &mut [f32], weights: &[f64]) -> Result<()>;
 
+    /// As [`sum_f32`](Self::sum_f32) on a buffer the caller hands over and gets back, which
+    /// spares a transport that must move the data elsewhere (MPI's service thread) a copy
+    /// each way.
+    ///
+    /// # Errors
+    /// As [`sum_f64`](Self::sum_f64).
+    fn sum_f32_owned(&self, mut values: Vec<f32>, weights: &[f64]) -> Result<Vec<f32>> {
+        self.sum_f32(&mut values, weights)?;
+        Ok(values)
+    }
+
     /// Replaces `values` on every rank by rank `root`'s.
     ///
     /// # Errors

@@ -35,6 +35,9 @@ use crate::error::{Error, Result};
 /// ```
 pub struct MpiCommunicator {
     requests: Mutex<Sender<Request>>,
+    /// Buffers that carried earlier sums, reused for the next (see [`Scratch`]).
+    spare32: Mutex<Vec<f32>>,
+    spare64: Mutex<Vec<f64>>,
     service: Option<JoinHandle<()>>,
     rank: usize,
     size: usize,
@@ -74,6 +77,25 @@ struct Service {
     world: SimpleCommunicator,
     rank: usize,
     size: usize,
+    /// Scratch kept from call to call: a fresh buffer of several MB every step costs its
+    /// page faults each time.
+    scratch32: Scratch<f32>,
+    scratch64: Scratch<f64>,
+}
+
+/// The segments gathered from every rank, and their sums.
+struct Scratch<T> {
+    gathered: Vec<T>,
+    summed: Vec<T>,
+}
+
+impl<T> Default for Scratch<T> {
+    fn default() -> Self {
+        Self {
+            gathered: Vec::new(),
+            summed: Vec::new(),
+        }
+    }
 }
 
 impl Service {
@@ -84,15 +106,21 @@ impl Service {
         }
     }
 
-    fn serve(&self, requests: Receiver<Request>) {
+    fn serve(&mut self, requests: Receiver<Request>) {
         // A requester that went away no longer needs its answer.
         for request in requests {
             match request {
                 Request::SumF64(mut v, w, reply) => {
-                    let _ = reply.send(self.sum(&mut v, &w, |x| x).map(|()| v));
+                    let mut scratch = std::mem::take(&mut self.scratch64);
+                    let done = self.sum(&mut v, &w, &mut scratch, |x| x);
+                    self.scratch64 = scratch;
+                    let _ = reply.send(done.map(|()| v));
                 }
                 Request::SumF32(mut v, w, reply) => {
-                    let _ = reply.send(self.sum(&mut v, &w, |x| x as f32).map(|()| v));
+                    let mut scratch = std::mem::take(&mut self.scratch32);
+                    let done = self.sum(&mut v, &w, &mut scratch, |x| x as f32);
+                    self.scratch32 = scratch;
+                    let _ = reply.send(done.map(|()| v));
                 }
                 Request::Broadcast(root, mut v, reply) => {
                     self.world
@@ -126,7 +154,13 @@ impl Service {
 
     /// The deterministic weighted sum: segments to their owners, a rank-ordered sum there,
     /// and the sums to everyone.
-    fn sum<T>(&self, values: &mut [T], weights: &[f64], round: impl Fn(f64) -> T) -> Result<()>
+    fn sum<T>(
+        &self,
+        values: &mut [T],
+        weights: &[f64],
+        scratch: &mut Scratch<T>,
+        round: impl Fn(f64) -> T,
+    ) -> Result<()>
     where
         T: Equivalence + Copy + Default + Into<f64>,
     {
@@ -137,7 +171,8 @@ impl Service {
             )));
         };
         let mine = counts[self.rank] as usize;
-        let mut gathered = vec![T::default(); mine * self.size];
+        let Scratch { gathered, summed } = scratch;
+        gathered.resize(mine * self.size, T::default());
         let recv_counts = vec![mine as i32; self.size];
         let recv_displs: Vec<i32> = (0..self.size).map(|q| (q * mine) as i32).collect();
         self.world.all_to_all_varcount_into(
@@ -145,9 +180,8 @@ impl Service {
             &mut PartitionMut::new(&mut gathered[..], &recv_counts[..], &recv_displs[..]),
         );
         let views: Vec<&[T]> = gathered.chunks(mine.max(1)).collect();
-        let summed: Vec<T> = (0..mine)
-            .map(|j| round(reduce_in_rank_order(&views, weights, j)))
-            .collect();
+        summed.clear();
+        summed.extend((0..mine).map(|j| round(reduce_in_rank_order(&views, weights, j))));
         self.world.all_gather_varcount_into(
             &summed[..],
             &mut PartitionMut::new(values, &counts[..], &displs[..]),
@@ -174,10 +208,12 @@ impl MpiCommunicator {
                     return;
                 };
                 let world = universe.world();
-                let service = Service {
+                let mut service = Service {
                     rank: world.rank() as usize,
                     size: world.size() as usize,
                     world,
+                    scratch32: Scratch::default(),
+                    scratch64: Scratch::default(),
                 };
                 let _ = ready_tx.send(Some((service.rank, service.size)));
                 service.serve(inbox);
@@ -197,6 +233,8 @@ impl MpiCommunicator {
         };
         Ok(Self {
             requests: Mutex::new(requests),
+            spare32: Mutex::new(Vec::new()),
+            spare64: Mutex::new(Vec::new()),
             service: Some(service),
             rank,
             size,
@@ -240,6 +278,21 @@ impl MpiCommunicator {
     }
 }
 
+/// The spare buffer (or a new one) holding a copy of `values`.
+fn refill<T: Copy>(spare: &Mutex<Vec<T>>, values: &[T]) -> Vec<T> {
+    let mut buf = spare.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+    buf.clear();
+    buf.extend_from_slice(values);
+    buf
+}
+
+/// Keeps `buf` for the next call.
+fn give_back<T>(spare: &Mutex<Vec<T>>, buf: Vec<T>) {
+    if let Ok(mut s) = spare.lock() {
+        *s = buf;
+    }
+}
+
 impl Drop for MpiCommunicator {
     fn drop(&mut self) {
         // Closing the channel ends the service loop, which finalises MPI.
@@ -264,16 +317,25 @@ impl Communicator for MpiCommunicator {
 
     fn sum_f64(&self, values: &mut [f64], weights: &[f64]) -> Result<()> {
         self.check_weights(weights)?;
-        let sum = self.ask(|r| Request::SumF64(values.to_vec(), weights.to_vec(), r))?;
+        let buf = refill(&self.spare64, values);
+        let sum = self.ask(|r| Request::SumF64(buf, weights.to_vec(), r))?;
         values.copy_from_slice(&sum);
+        give_back(&self.spare64, sum);
         Ok(())
     }
 
     fn sum_f32(&self, values: &mut [f32], weights: &[f64]) -> Result<()> {
         self.check_weights(weights)?;
-        let sum = self.ask(|r| Request::SumF32(values.to_vec(), weights.to_vec(), r))?;
+        let buf = refill(&self.spare32, values);
+        let sum = self.ask(|r| Request::SumF32(buf, weights.to_vec(), r))?;
         values.copy_from_slice(&sum);
+        give_back(&self.spare32, sum);
         Ok(())
+    }
+
+    fn sum_f32_owned(&self, values: Vec<f32>, weights: &[f64]) -> Result<Vec<f32>> {
+        self.check_weights(weights)?;
+        self.ask(|r| Request::SumF32(values, weights.to_vec(), r))
     }
 
     fn broadcast_f32(&self, root: usize, values: &mut [f32]) -> Result<()> {

@@ -286,13 +286,14 @@ impl Distributed {
             .and_then(|()| rule.step(model, x, targets, rng));
         model.set_batch_group(None)?;
         // [failed, loss, forward gradients..., feedback gradients...]
-        let buf = &mut self.exchange;
+        let mut buf = std::mem::take(&mut self.exchange);
         buf.clear();
         buf.push(f32::from(local.is_err()));
         buf.push(local.as_ref().map_or(0.0, |r| r.loss));
         model.visit_params(&mut |_, mut p| buf.extend_from_slice(p.storage_mut().1));
         rule.visit_learned(&mut |_, mut p| buf.extend_from_slice(p.storage_mut().1));
-        self.comm.sum_f32(buf, group.weights())?;
+        self.exchange = self.comm.sum_f32_owned(buf, group.weights())?;
+        let buf = &self.exchange;
         if buf[0] != 0.0 {
             return Err(local.err().unwrap_or_else(|| Error::Distributed {
                 rank: self.comm.rank(),
