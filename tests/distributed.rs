@@ -414,3 +414,92 @@ fn a_checkpoint_of_three_ranks_resumes_on_two_ranks_or_one_process() {
         assert_ne!(o.state, whole[0].state, "{what}");
     }
 }
+
+fn block_parallel(net: Net, rule: RuleKind, size: usize) -> Vec<Outcome> {
+    on_ranks(size, |comm| {
+        let mut t = trainer(net, rule, 3)?;
+        t.set_block_parallel(Arc::new(comm))?;
+        fit(t)
+    })
+    .into_iter()
+    .collect::<Result<_>>()
+    .unwrap()
+}
+
+#[test]
+fn block_parallel_training_is_the_single_process_algorithm_bit_for_bit() {
+    // FC-2 has 3 blocks, the CNN 4: 2 ranks split them 1+2 and 2+2, 3 ranks 1+1+1 and 1+1+2.
+    for net in [Net::Fc2, Net::Cnn] {
+        for rule in [RuleKind::Bp, RuleKind::Dfa, RuleKind::Dkp, RuleKind::Fdfa] {
+            let alone = fit(trainer(net, rule, 3).unwrap()).unwrap();
+            for size in [2, 3] {
+                let what = format!("{net:?} {rule} block-parallel on {size} ranks");
+                let ranks = block_parallel(net, rule, size);
+                assert_same_bits(&ranks, &what);
+                assert!(
+                    ranks[0].state == alone.state,
+                    "{what}: weights differ by {:e} of their scale",
+                    relative_gap(&ranks[0].state, &alone.state)
+                );
+                assert_eq!(ranks[0].records, alone.records, "{what}");
+            }
+        }
+    }
+}
+
+#[test]
+fn block_parallel_refuses_what_it_cannot_split() {
+    // More ranks than blocks, and a rule without a block-parallel form.
+    let errors = on_ranks(4, |comm| {
+        let mut t = trainer(Net::Fc2, RuleKind::Dfa, 3).unwrap();
+        t.set_block_parallel(Arc::new(comm))
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("at most one rank per block")),
+        "{errors:?}"
+    );
+    let errors = on_ranks(2, |comm| {
+        let mut t = trainer(Net::Fc2, RuleKind::Fgw, 3).unwrap();
+        t.set_block_parallel(Arc::new(comm))
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(
+        errors.iter().all(|e| e.contains("FGW does not support")),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_block_parallel_checkpoint_resumes_on_one_process_exactly() {
+    let dir = std::env::temp_dir().join(format!("fdfa-blocks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (train, test) = data();
+    let rule = RuleKind::Fdfa;
+    let whole = fit(trainer(Net::Cnn, rule, 3).unwrap()).unwrap();
+    // Two ranks stop after batch 3 of epoch 1; rank 0 saves the whole model.
+    on_ranks(2, |comm| {
+        let rank = comm.rank();
+        let mut t = trainer(Net::Cnn, rule, 3).unwrap();
+        t.set_block_parallel(Arc::new(comm)).unwrap();
+        t.fit(&train, &test, &mut |ev| match ev.batch == 3 {
+            true => ControlFlow::Break(()),
+            false => ControlFlow::Continue(()),
+        })
+        .unwrap();
+        if rank == 0 {
+            save_trainer(&dir, &mut t, &RunInfo::default()).unwrap();
+        }
+    });
+    let mut t = trainer(Net::Cnn, rule, 3).unwrap();
+    load_trainer(&dir, &mut t).unwrap();
+    let resumed = fit(t).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(resumed.state, whole.state);
+    assert_eq!(resumed.records, whole.records);
+}

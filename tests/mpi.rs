@@ -256,3 +256,29 @@ fn copy_dir(from: &Path, to: &Path) {
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
+
+#[test]
+fn block_parallel_on_two_and_three_ranks_is_the_single_process_run_bit_for_bit() {
+    if !mpirun_or_skip("block_parallel_on_two_and_three_ranks_is_the_single_process_run")
+        || common::mnist_or_skip("mpi").is_none()
+    {
+        return;
+    }
+    let exe = example();
+    let dir = scratch("blocks");
+    // FC-2 has 3 blocks and the CNN 4: every split of them over 2 and 3 ranks.
+    for net in [&[][..], &["--conv"][..]] {
+        for rule in ["BP", "DFA", "DKP", "FDFA"] {
+            let log = dir.0.join(format!("{rule}{}", net.len()));
+            let log = log.to_str().unwrap();
+            let mut args = vec!["--epochs", "2", "--train-mode", rule, "--log-dir", log];
+            args.extend(net);
+            let alone = records(&run(&exe, 0, &args));
+            args.push("--block-parallel");
+            for ranks in [2, 3] {
+                let got = records(&run(&exe, ranks, &args));
+                assert_eq!(got, alone, "{rule} {net:?} block-parallel on {ranks} ranks");
+            }
+        }
+    }
+}

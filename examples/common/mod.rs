@@ -63,12 +63,13 @@ const DATA_FACTS: [&str; 2] = ["train-data", "test-data"];
 /// Flags that describe one invocation rather than the run: neither saved nor adopted.
 /// `--distributed` and `--batch-norm-sync` among them: a run may resume on another number of
 /// ranks, or on one process.
-const NOT_SAVED: [&str; 5] = [
+const NOT_SAVED: [&str; 6] = [
     "resume",
     "dry-run",
     "inject-nan-at-batch",
     "distributed",
     "batch-norm-sync",
+    "block-parallel",
 ];
 /// Flags without a value.
 const SWITCHES: [&str; 2] = ["conv", "dry-run"];
@@ -182,6 +183,12 @@ pub struct Args {
     /// a different algorithm).
     #[arg(long, default_value = "sync", value_parser = parse_batch_norm_sync)]
     pub batch_norm_sync: BatchNormSync,
+    /// Under `--distributed`: block-parallel instead of data-parallel. Rank r owns a
+    /// consecutive share of the network's blocks; activations flow forward rank to rank, the
+    /// last rank broadcasts the error, and every rank updates its blocks at once (DFA, DKP,
+    /// FDFA; BP sends its gradient back rank to rank).
+    #[arg(long, requires = "distributed")]
+    pub block_parallel: bool,
     /// Whether `--log-dir` was given on this command line (not taken from a checkpoint).
     #[arg(skip)]
     pub log_dir_given: bool,
@@ -538,13 +545,14 @@ fn run(
         args.train_mode,
         model.param_count(),
         fdfa::parallel::threads(),
-        match &group {
-            Some(g) => format!(
+        match (&group, args.block_parallel) {
+            (Some(g), true) => format!(" x {} ranks, block-parallel", g.size()),
+            (Some(g), false) => format!(
                 " x {} ranks ({:?} BatchNorm)",
                 g.size(),
                 args.batch_norm_sync
             ),
-            None => String::new(),
+            (None, _) => String::new(),
         }
     );
     let mut trainer = Trainer::new(model, rule, args.train_config())?;
@@ -672,7 +680,10 @@ fn run(
     };
     if let Some(g) = &group {
         // After any resume: the ranks compare what they loaded.
-        trainer.set_distributed(g.clone(), args.batch_norm_sync)?;
+        match args.block_parallel {
+            true => trainer.set_block_parallel(g.clone())?,
+            false => trainer.set_distributed(g.clone(), args.batch_norm_sync)?,
+        }
     }
     let mut saving = Saving {
         group,

@@ -280,7 +280,10 @@ impl MpiCommunicator {
 
 /// The spare buffer (or a new one) holding a copy of `values`.
 fn refill<T: Copy>(spare: &Mutex<Vec<T>>, values: &[T]) -> Vec<T> {
-    let mut buf = spare.lock().map(|mut s| std::mem::take(&mut *s)).unwrap_or_default();
+    let mut buf = spare
+        .lock()
+        .map(|mut s| std::mem::take(&mut *s))
+        .unwrap_or_default();
     buf.clear();
     buf.extend_from_slice(values);
     buf

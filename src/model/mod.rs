@@ -25,6 +25,8 @@ mod zoo;
 pub use sequential::Sequential;
 pub use zoo::{alexnet_bn, fc, shallow_cnn};
 
+use std::ops::Range;
+
 use crate::distributed::BatchGroup;
 use crate::error::{Error, Result};
 use crate::layers::{Layer, ParamMut, State, StateMut};
@@ -41,6 +43,15 @@ pub enum Mode {
     Train,
     /// The inference map: BatchNorm normalises with its running statistics.
     Eval,
+}
+
+/// Where the first block of a [`Model::forward_blocks`] starts.
+#[derive(Clone, Copy, Debug)]
+pub enum BlockInput<'a> {
+    /// The batch, for block 0.
+    Batch(&'a Tensor),
+    /// The previous block's output with its tangents, for any other block.
+    Activation(&'a Dual),
 }
 
 /// A run of layers; hidden blocks end in a named feedback point.
@@ -129,6 +140,9 @@ pub struct Model {
     param_counts: Vec<Vec<usize>>,
     /// The share of a batch split over ranks that the training passes see.
     group: Option<BatchGroup>,
+    /// The first block of the last training forward (0 unless it ran a range of blocks);
+    /// `None` when no backward may follow (no training forward yet, or a JVP since).
+    trained_from: Option<usize>,
 }
 
 /// Names every unnamed layer by its position and checks that the names of the layers with
@@ -295,6 +309,7 @@ impl Model {
             eval_b: Tensor::default(),
             logits: Tensor::default(),
             group: None,
+            trained_from: None,
         })
     }
 
@@ -423,9 +438,23 @@ impl Model {
         hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
         direction: Option<&[&[f32]]>,
     ) -> Result<&Dual> {
-        let mut point = 0;
-        let mut offset = 0;
-        for b in 0..self.blocks.len() {
+        self.run_blocks(0..self.blocks.len(), hook, direction)?;
+        self.logits_dual()
+    }
+
+    /// The training forward of blocks `range`, from the input of its first block (held in
+    /// `self.input` for block 0, else in the previous block's last activation).
+    fn run_blocks(
+        &mut self,
+        range: Range<usize>,
+        hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
+        direction: Option<&[&[f32]]>,
+    ) -> Result<()> {
+        self.trained_from = Some(range.start);
+        let before = &self.blocks[..range.start];
+        let mut point = before.iter().filter(|b| b.feedback.is_some()).count();
+        let mut offset: usize = self.param_counts[..range.start].iter().flatten().sum();
+        for b in range {
             let (before, rest) = self.acts.split_at_mut(b);
             let block_acts = &mut rest[0];
             let mut prev: &Dual = match before.last() {
@@ -455,7 +484,82 @@ impl Model {
                 point += 1;
             }
         }
-        self.logits_dual()
+        Ok(())
+    }
+
+    /// Training forward of the blocks `blocks` alone, for a model whose blocks are spread
+    /// over processes (block-parallel training): the first block starts from `input`, the
+    /// batch for block 0 or the previous block's output (with its tangents) as received from
+    /// the process that owns it. `hook` runs at the feedback points of these blocks, with the
+    /// points' global indices. Returns the last block's output: the logits when `blocks`
+    /// ends with the output block.
+    ///
+    /// ```
+    /// use fdfa::model::{BlockInput, fc};
+    /// use fdfa::Tensor;
+    /// // Three copies of one network, as three processes would build it from one seed.
+    /// let build = || fc(&[1, 2, 2], 2, 5, 3, &mut fdfa::init::rng(0));
+    /// let (mut whole, mut front, mut back) = (build()?, build()?, build()?);
+    /// let x = Tensor::from_vec(&[2, 1, 2, 2], vec![0.1, -0.4, 0.3, 0.9, -0.2, 0.5, 0.7, -0.8])?;
+    /// let logits = whole.forward_train(&x, &mut |_, _| Ok(()))?.primal().clone();
+    /// // Blocks 0 and 1 on one side, the output block on the other.
+    /// let h = front.forward_blocks(0..2, BlockInput::Batch(&x), &mut |_, _| Ok(()))?.clone();
+    /// let split = back.forward_blocks(2..3, BlockInput::Activation(&h), &mut |_, _| Ok(()))?;
+    /// assert_eq!(split.primal(), &logits);
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for an empty or out-of-range `blocks`, or an input of the
+    /// wrong kind for its first block; [`Error::Shape`] when the input does not fit.
+    pub fn forward_blocks(
+        &mut self,
+        blocks: Range<usize>,
+        input: BlockInput<'_>,
+        hook: &mut dyn FnMut(usize, &mut Dual) -> Result<()>,
+    ) -> Result<&Dual> {
+        if blocks.is_empty() || blocks.end > self.blocks.len() {
+            return Err(Error::config(
+                "model",
+                "blocks",
+                format!(
+                    "{blocks:?} is not a range of the {} blocks",
+                    self.blocks.len()
+                ),
+            ));
+        }
+        match (blocks.start, input) {
+            (0, BlockInput::Batch(x)) => {
+                self.check_input(x)?;
+                self.input.assign_primal(x);
+            }
+            (b, BlockInput::Activation(h)) if b > 0 => {
+                let slot = self.acts[b - 1]
+                    .last_mut()
+                    .ok_or_else(|| Error::config("model", "blocks", "a block without layers"))?;
+                slot.resize(h.primal().shape(), h.directions());
+                let (primal, tangent) = slot.parts_mut();
+                primal.data_mut().copy_from_slice(h.primal().data());
+                if let (Some(t), Some(ht)) = (tangent, h.tangent()) {
+                    t.data_mut().copy_from_slice(ht.data());
+                }
+            }
+            (b, _) => {
+                return Err(Error::config(
+                    "model",
+                    "blocks",
+                    format!(
+                        "block {b} starts from {}",
+                        if b == 0 { "the batch" } else { "an activation" }
+                    ),
+                ));
+            }
+        }
+        let last = blocks.end - 1;
+        self.run_blocks(blocks, hook, None)?;
+        self.acts[last]
+            .last()
+            .ok_or_else(|| Error::config("model", "blocks", "a block without layers"))
     }
 
     /// The output of the network on `x` and its directional derivative along the input
@@ -572,6 +676,7 @@ impl Model {
         };
         // The activations no longer belong to one training forward: refuse a backward.
         self.input = Dual::default();
+        self.trained_from = None;
         let out = out?;
         let logits = out.primal().clone();
         let mut tangent = match out.tangent() {
@@ -654,17 +759,17 @@ impl Model {
 
     /// A backward needs the activations of a training forward ([`forward_train`](Self::forward_train);
     /// [`infer`](Self::infer) keeps none).
-    fn check_forward_ran(&self) -> Result<()> {
-        if self.input.primal().shape().is_empty() {
-            return Err(Error::BackwardBeforeForward);
+    fn check_forward_ran(&self, block: usize) -> Result<()> {
+        match self.trained_from {
+            Some(first) if first <= block => Ok(()),
+            _ => Err(Error::BackwardBeforeForward),
         }
-        Ok(())
     }
 
     /// Backward through `block` from the gradient held in `grad_a`; leaves the input gradient
     /// in `grad_a`.
     fn backward_from_a(&mut self, block: usize, input_grad: bool) -> Result<()> {
-        self.check_forward_ran()?;
+        self.check_forward_ran(block)?;
         let Self {
             blocks,
             acts,
@@ -716,7 +821,31 @@ impl Model {
         &mut self,
         grad: &(dyn Fn(Option<usize>, &mut Tensor) -> Result<()> + Sync),
     ) -> Result<()> {
-        self.check_forward_ran()?;
+        self.backward_local_blocks(0..self.blocks.len(), grad)
+    }
+
+    /// [`backward_local`](Self::backward_local) of the blocks `blocks` alone, after a
+    /// [`forward_blocks`](Self::forward_blocks) of them (block-parallel training).
+    ///
+    /// # Errors
+    /// As [`backward_local`](Self::backward_local); [`Error::InvalidConfig`] for a range
+    /// outside the blocks.
+    pub fn backward_local_blocks(
+        &mut self,
+        range: Range<usize>,
+        grad: &(dyn Fn(Option<usize>, &mut Tensor) -> Result<()> + Sync),
+    ) -> Result<()> {
+        if range.end > self.blocks.len() {
+            return Err(Error::config(
+                "model",
+                "blocks",
+                format!(
+                    "{range:?} is not a range of the {} blocks",
+                    self.blocks.len()
+                ),
+            ));
+        }
+        self.check_forward_ran(range.start)?;
         let Self {
             blocks,
             acts,
@@ -747,6 +876,7 @@ impl Model {
                 .iter_mut()
                 .zip(local.iter_mut())
                 .enumerate()
+                .filter(|(block, _)| range.contains(block))
                 .try_for_each(|(block, (b, bufs))| one_block(block, b, bufs));
         }
         crate::parallel::run(|| {
@@ -754,6 +884,7 @@ impl Model {
                 .par_iter_mut()
                 .zip(local.par_iter_mut())
                 .enumerate()
+                .filter(|(block, _)| range.contains(block))
                 .map(|(block, (b, bufs))| one_block(block, b, bufs))
                 // Ordered: the first failing block's error wins, whatever the scheduling.
                 .reduce(|| Ok(()), |a, b| a.and(b))

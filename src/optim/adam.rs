@@ -215,6 +215,18 @@ impl Adam {
         &self.states
     }
 
+    /// The moments of `name` (in the parameter's storage layout, `stored_shape`), created at
+    /// zero when the tensor has none yet (block-parallel training copies them from the rank
+    /// that owns the tensor).
+    pub(crate) fn moments_mut(&mut self, name: &str, stored_shape: &[usize]) -> &mut AdamState {
+        self.states
+            .entry(name.to_string())
+            .or_insert_with(|| AdamState {
+                exp_avg: Tensor::zeros(stored_shape),
+                exp_avg_sq: Tensor::zeros(stored_shape),
+            })
+    }
+
     /// Restores a saved step count and moments (in the parameters' storage layout).
     pub(crate) fn restore(&mut self, step: u64, states: BTreeMap<String, AdamState>) {
         self.step = step;

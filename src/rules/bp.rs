@@ -39,4 +39,8 @@ impl LearningRule for Bp {
             Ok(StepReport { loss })
         })
     }
+
+    fn block_parallel(&self) -> Option<super::BlockRule> {
+        Some(super::BlockRule::Bp)
+    }
 }

@@ -53,4 +53,8 @@ impl LearningRule for Dfa {
     fn feedback_mut(&mut self) -> Option<&mut Feedback> {
         Some(&mut self.feedback)
     }
+
+    fn block_parallel(&self) -> Option<super::BlockRule> {
+        Some(super::BlockRule::Dfa)
+    }
 }

@@ -70,4 +70,8 @@ impl LearningRule for Dkp {
     fn feedback_mut(&mut self) -> Option<&mut Feedback> {
         Some(&mut self.feedback)
     }
+
+    fn block_parallel(&self) -> Option<super::BlockRule> {
+        Some(super::BlockRule::Dkp)
+    }
 }

@@ -140,4 +140,10 @@ impl LearningRule for Fdfa {
     fn feedback_mut(&mut self) -> Option<&mut Feedback> {
         Some(&mut self.feedback)
     }
+
+    fn block_parallel(&self) -> Option<super::BlockRule> {
+        Some(super::BlockRule::Fdfa {
+            directions: self.directions,
+        })
+    }
 }

@@ -175,8 +175,23 @@ impl Feedback {
     /// # Errors
     /// [`crate::Error::Shape`] when `logits_grad` does not match the last forward.
     pub fn deliver(&self, model: &mut Model, logits_grad: &Tensor) -> Result<()> {
+        self.deliver_blocks(model, logits_grad, 0..model.blocks().len())
+    }
+
+    /// The matrices, to set their gradients (block-parallel training).
+    pub(crate) fn matrices_mut(&mut self) -> &mut [Param] {
+        &mut self.matrices
+    }
+
+    /// [`deliver`](Self::deliver) to the blocks `blocks` alone.
+    pub(crate) fn deliver_blocks(
+        &self,
+        model: &mut Model,
+        logits_grad: &Tensor,
+        blocks: std::ops::Range<usize>,
+    ) -> Result<()> {
         self.check_model(model)?;
-        model.backward_local(&|target, out| {
+        model.backward_local_blocks(blocks, &|target, out| {
             match target {
                 // A gradient of the wrong shape is the output layer's error to report.
                 None => out.assign(logits_grad),

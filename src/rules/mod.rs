@@ -72,6 +72,34 @@ pub trait LearningRule: Send + Debug {
     fn feedback_mut(&mut self) -> Option<&mut Feedback> {
         None
     }
+
+    /// What the rule computes when its blocks are spread over processes
+    /// ([`Trainer::set_block_parallel`](crate::train::Trainer::set_block_parallel)); `None`
+    /// (the default) for a rule that does not support it.
+    fn block_parallel(&self) -> Option<BlockRule> {
+        None
+    }
+}
+
+/// The rules that block-parallel training knows how to spread over processes: each rank
+/// computes its blocks' updates from what the output rank broadcasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BlockRule {
+    /// Backpropagation: the gradient travels back rank to rank (backward locking), the
+    /// baseline block-parallel DFA is measured against.
+    Bp,
+    /// DFA: every block trains from the broadcast error through its fixed feedback matrix.
+    Dfa,
+    /// DKP: as DFA, each rank learning its blocks' feedback matrices from the error and its
+    /// activations.
+    Dkp,
+    /// FDFA with `directions` directions per sample: the output tangent is broadcast with
+    /// the error, and each rank learns its matrices from it and its own directions.
+    Fdfa {
+        /// Directions per sample.
+        directions: usize,
+    },
 }
 
 /// The learned feedback matrices of a rule, as an optimizer's parameter group.
@@ -200,6 +228,19 @@ pub(crate) fn draw_directions(
     rng: &mut Rng,
     out: &mut Vec<Tensor>,
 ) -> Result<()> {
+    draw_directions_at(model, n, k, rng, out, 0..usize::MAX)
+}
+
+/// [`draw_directions`] filling only the feedback points in `points` (the others' seeds are
+/// drawn all the same, so the numbers do not depend on which points a process fills).
+pub(crate) fn draw_directions_at(
+    model: &Model,
+    n: usize,
+    k: usize,
+    rng: &mut Rng,
+    out: &mut Vec<Tensor>,
+    points: std::ops::Range<usize>,
+) -> Result<()> {
     let shard = model.batch_group().map(|g| g.shard());
     if let Some(shard) = shard
         && shard.len != n
@@ -211,11 +252,19 @@ pub(crate) fn draw_directions(
         ));
     }
     out.resize_with(model.feedback_points().len(), Tensor::default);
-    for (point, u) in model.feedback_points().iter().zip(out.iter_mut()) {
+    for (l, (point, u)) in model
+        .feedback_points()
+        .iter()
+        .zip(out.iter_mut())
+        .enumerate()
+    {
+        let seed = rng.next_u64();
+        if !points.contains(&l) {
+            continue;
+        }
         let mut shape = vec![k * n];
         shape.extend_from_slice(&point.shape);
         u.resize(&shape);
-        let seed = rng.next_u64();
         let row = point.features();
         match shard.filter(|s| s.len != s.total) {
             None => {
@@ -267,8 +316,13 @@ pub(crate) fn perturbed_forward<'m>(
         ));
     }
     let n = x.batch();
-    model.forward_train(x, &mut |l, h| {
-        let u = &directions[l];
+    model.forward_train(x, &mut |l, h| add_direction(h, &directions[l], n))
+}
+
+/// Adds the direction `u` (`[k * n, ...]`) to the tangents of the activation `h` of `n`
+/// samples at a feedback point: `u` itself when `h` carries the structural zero.
+pub(crate) fn add_direction(h: &mut crate::tensor::Dual, u: &Tensor, n: usize) -> Result<()> {
+    {
         let rows = h.primal().batch();
         if !u.batch().is_multiple_of(rows.max(1))
             || u.row_len() != h.primal().row_len()
@@ -303,5 +357,5 @@ pub(crate) fn perturbed_forward<'m>(
                 .for_each(|(a, b)| *a += b);
         }
         Ok(())
-    })
+    }
 }

@@ -7,6 +7,7 @@
 //! exactly as the uninterrupted run would.
 
 mod atomic;
+mod blocks;
 pub mod checkpoint;
 pub(crate) mod csv_log;
 
@@ -254,6 +255,7 @@ pub struct Trainer {
     order: Vec<usize>,
     before_step: Hook,
     dist: Option<Distributed>,
+    blocks: Option<blocks::BlockParallel>,
 }
 
 /// A trainer's place in a data-parallel run ([`Trainer::set_distributed`]).
@@ -415,6 +417,7 @@ impl Trainer {
             order: Vec::new(),
             before_step: Hook::default(),
             dist: None,
+            blocks: None,
         })
     }
 
@@ -523,24 +526,10 @@ impl Trainer {
                 self.config.batch_size
             )));
         }
-        // Both serialize without fail (plain fields); an empty string would still compare.
-        let settings = format!(
-            "{}|{}|{}|{:?}",
-            serde_json::to_string(&self.config).unwrap_or_default(),
-            serde_json::to_string(&self.progress).unwrap_or_default(),
-            self.rule.name(),
-            batch_norm
-        );
-        crate::distributed::check_agreement(
-            comm.as_ref(),
-            "the configuration, the position or the rule",
-            crate::distributed::fingerprint(settings.as_bytes()),
-        )?;
-        crate::distributed::check_agreement(
-            comm.as_ref(),
-            "the model's architecture or state, or the rule's feedback matrices",
-            self.state_fingerprint(),
-        )?;
+        if self.blocks.is_some() {
+            return Err(fail("the trainer already trains block-parallel".into()));
+        }
+        self.check_ranks_agree(comm.as_ref(), &format!("data-parallel, {batch_norm:?}"))?;
         self.dist = Some(Distributed {
             comm,
             batch_norm,
@@ -549,15 +538,122 @@ impl Trainer {
         Ok(())
     }
 
-    /// The ranks of a data-parallel run and this trainer's rank among them, if any.
+    /// Makes this trainer one rank of a block-parallel run over `comm`'s ranks: rank `r`
+    /// owns a consecutive share of the model's blocks (as even as their count allows), the
+    /// batch's activations (and FDFA's tangents) flow forward rank to rank, the rank owning
+    /// the output broadcasts the error (and FDFA's output tangent), and every rank updates
+    /// its own blocks at once, with no backward pass between ranks. This is the
+    /// single-process algorithm, bit for bit, for DFA, DKP and FDFA; BP runs the same
+    /// placement with its gradient sent back rank to rank, the baseline to compare with.
+    ///
+    /// Every rank builds the same trainer and runs the same loop (every rank reads the whole
+    /// batch). Between steps only a rank's own blocks are current on it; the trainer makes
+    /// every copy whole (each rank broadcasting its blocks' state and moments) before it
+    /// hands control back: at the end of an epoch (so evaluation and checkpoints see the
+    /// whole model), when `on_batch` breaks, and after each
+    /// [`train_batch`](Self::train_batch).
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use fdfa::data::Dataset;
+    /// use fdfa::distributed::ThreadGroup;
+    /// use fdfa::rules::RuleKind;
+    /// use fdfa::train::{TrainConfig, Trainer};
+    ///
+    /// let pixels: Vec<u8> = (0..64 * 16).map(|i| ((i * 37) % 256) as u8).collect();
+    /// let labels: Vec<u32> = (0..64).map(|i| (i % 2) as u32).collect();
+    /// let data = Dataset::new(pixels, labels, [1, 4, 4], 2)?;
+    /// let train = |comm: Option<ThreadGroup>| -> fdfa::Result<Vec<f32>> {
+    ///     let mut rng = fdfa::init::rng(0);
+    ///     // Three blocks: two hidden ones and the output.
+    ///     let model = fdfa::model::fc(&[1, 4, 4], 2, 8, 2, &mut rng)?;
+    ///     let rule = RuleKind::Fdfa.build(&model, 1, &mut rng)?;
+    ///     let config = TrainConfig::default().with_batch_size(16).with_epochs(2);
+    ///     let mut trainer = Trainer::new(model, rule, config)?;
+    ///     if let Some(comm) = comm {
+    ///         trainer.set_block_parallel(std::sync::Arc::new(comm))?;
+    ///     }
+    ///     trainer.fit(&data, &data, &mut |_| ControlFlow::Continue(()))?;
+    ///     let mut weights = Vec::new();
+    ///     trainer.model().visit_state(&mut |_, s| {
+    ///         if let fdfa::layers::State::Param(p) = s { weights.extend(p.value().data()) }
+    ///     });
+    ///     Ok(weights)
+    /// };
+    /// let alone = train(None)?;
+    /// let ranks = ThreadGroup::run(2, 1, |comm| train(Some(comm)))?;
+    /// for weights in ranks {
+    ///     assert_eq!(weights?, alone);
+    /// }
+    /// # Ok::<(), fdfa::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Distributed`] when the rule does not support it (FG-W, FG-A, a rule of your
+    /// own), there are more ranks than blocks, the trainer is already data-parallel, or the
+    /// ranks disagree (as for [`set_distributed`](Self::set_distributed)).
+    pub fn set_block_parallel(&mut self, comm: Arc<dyn Communicator>) -> Result<()> {
+        if self.dist.is_some() {
+            return Err(Error::Distributed {
+                rank: comm.rank(),
+                reason: "the trainer already trains data-parallel".into(),
+            });
+        }
+        let placement = blocks::BlockParallel::new(comm.clone(), &self.model, self.rule.as_ref())?;
+        self.check_ranks_agree(comm.as_ref(), "block-parallel")?;
+        self.blocks = Some(placement);
+        Ok(())
+    }
+
+    /// Checks that every rank of `comm` holds the same configuration, position, rule, mode
+    /// and state.
+    fn check_ranks_agree(&self, comm: &dyn Communicator, mode: &str) -> Result<()> {
+        // Both serialize without fail (plain fields); an empty string would still compare.
+        let settings = format!(
+            "{}|{}|{}|{mode}",
+            serde_json::to_string(&self.config).unwrap_or_default(),
+            serde_json::to_string(&self.progress).unwrap_or_default(),
+            self.rule.name(),
+        );
+        crate::distributed::check_agreement(
+            comm,
+            "the configuration, the position, the rule or the parallel mode",
+            crate::distributed::fingerprint(settings.as_bytes()),
+        )?;
+        crate::distributed::check_agreement(
+            comm,
+            "the model's architecture or state, or the rule's feedback matrices",
+            self.state_fingerprint(),
+        )
+    }
+
+    /// The ranks of a data-parallel or block-parallel run, if any (this trainer's rank is
+    /// [`Communicator::rank`]).
     pub fn communicator(&self) -> Option<&dyn Communicator> {
-        self.dist.as_ref().map(|d| d.comm.as_ref())
+        match (&self.dist, &self.blocks) {
+            (Some(d), _) => Some(d.comm.as_ref()),
+            (None, Some(b)) => Some(b.comm().as_ref()),
+            (None, None) => None,
+        }
     }
 
     /// Whether this trainer writes what a run writes once (logs, checkpoints, progress):
-    /// rank 0 of a data-parallel run, or the only process.
+    /// rank 0 of a distributed run, or the only process.
     pub fn is_root(&self) -> bool {
-        self.dist.as_ref().is_none_or(|d| d.comm.rank() == 0)
+        self.communicator().is_none_or(|c| c.rank() == 0)
+    }
+
+    /// Makes every rank's copy of a block-parallel run whole (nothing otherwise).
+    fn sync_blocks(&mut self) -> Result<()> {
+        match &mut self.blocks {
+            Some(b) => b.sync(
+                &mut self.model,
+                self.rule.as_mut(),
+                &mut self.forward_opt,
+                &mut self.feedback_opt,
+            ),
+            None => Ok(()),
+        }
     }
 
     /// A hash of the names, shapes and values of the model's state and of the rule's
@@ -725,7 +821,9 @@ impl Trainer {
         self.x.data_mut().copy_from_slice(x.data());
         self.targets.clear();
         self.targets.extend_from_slice(targets);
-        self.step(self.progress.epoch + 1, 0, Shard::whole(n))
+        let loss = self.step(self.progress.epoch + 1, 0, Shard::whole(n))?;
+        self.sync_blocks()?;
+        Ok(loss)
     }
 
     /// Whether every epoch has run.
@@ -819,9 +917,11 @@ impl Trainer {
                 samples: m,
             };
             if on_batch(&event).is_break() {
+                self.sync_blocks()?;
                 return Ok(None);
             }
         }
+        self.sync_blocks()?;
         Ok(Some(self.progress.loss_sum / batches.max(1) as f64))
     }
 
@@ -838,18 +938,44 @@ impl Trainer {
         let (rule, model) = (&mut self.rule, &mut self.model);
         let (feedback_opt, forward_opt) = (&mut self.feedback_opt, &mut self.forward_opt);
         let (x, targets, rng) = (&self.x, &self.targets, &mut self.progress.rng);
-        let dist = &mut self.dist;
+        let (dist, blocks) = (&mut self.dist, &mut self.blocks);
         crate::parallel::run(|| -> Result<_> {
-            let report = match dist {
-                None => rule.step(model, x, targets, rng)?,
-                Some(d) => d.step(model, rule.as_mut(), x, targets, rng, shard, (epoch, batch))?,
+            let report = match (dist, &mut *blocks) {
+                (None, None) => rule.step(model, x, targets, rng)?,
+                (Some(d), _) => {
+                    d.step(model, rule.as_mut(), x, targets, rng, shard, (epoch, batch))?
+                }
+                (None, Some(b)) => b.step(model, rule.as_mut(), x, targets, rng)?,
             };
             if !report.loss.is_finite() {
                 return Err(nonfinite("loss".into()));
             }
-            // The optimizers check every gradient and updated value as they go.
-            let feedback = feedback_opt.step(&mut Learned(rule.as_mut()));
-            let forward = forward_opt.step(model);
+            // The optimizers check every gradient and updated value as they go; a rank of
+            // a block-parallel run updates its own blocks.
+            let (feedback, forward) = match blocks {
+                None => (
+                    feedback_opt.step(&mut Learned(rule.as_mut())),
+                    forward_opt.step(model),
+                ),
+                Some(b) => {
+                    let feedback = feedback_opt.step(&mut b.owned_feedback(model, rule.as_mut()));
+                    let forward = forward_opt.step(&mut b.owned_params(model));
+                    // Every rank stops at the same step when one rank's update failed.
+                    let failed = feedback.is_err() || forward.is_err();
+                    let mut flag = [f64::from(u8::from(failed))];
+                    let ones = vec![1.0; b.comm().size()];
+                    b.comm().sum_f64(&mut flag, &ones)?;
+                    if flag[0] > 0.0 && !failed {
+                        return Err(Error::Distributed {
+                            rank: b.comm().rank(),
+                            reason: format!(
+                                "another rank's update failed at epoch {epoch}, batch {batch}"
+                            ),
+                        });
+                    }
+                    (feedback, forward)
+                }
+            };
             feedback.and(forward).map_err(|e| match e {
                 Error::NonFiniteUpdate { tensor } => nonfinite(tensor),
                 other => other,
@@ -915,10 +1041,7 @@ impl Trainer {
         // up in the same order as on one process.
         let groups = n.div_ceil(bs);
         let mut results = vec![0.0f64; groups + 1];
-        let (rank, size) = self
-            .dist
-            .as_ref()
-            .map_or((0, 1), |d| (d.comm.rank(), d.comm.size()));
+        let (rank, size) = self.communicator().map_or((0, 1), |c| (c.rank(), c.size()));
         let mut indices = Vec::with_capacity(chunk);
         let mut x = Tensor::default();
         let mut targets = Vec::new();
@@ -951,8 +1074,8 @@ impl Trainer {
                 results[groups] += ok as f64;
             }
         }
-        if let Some(d) = &self.dist {
-            d.comm.sum_f64(&mut results, &vec![1.0; size])?;
+        if let Some(c) = self.communicator() {
+            c.sum_f64(&mut results, &vec![1.0; size])?;
         }
         let (losses, correct) = (&results[..groups], results[groups]);
         let loss_sum = losses.iter().fold(0.0f64, |a, l| a + l);
