@@ -1102,14 +1102,24 @@ impl Model {
 
     /// Multiply-adds of one inference forward of one sample.
     pub fn flops_per_sample(&self) -> usize {
+        self.block_flops_per_sample().iter().sum()
+    }
+
+    /// [`flops_per_sample`](Self::flops_per_sample) block by block (what a block-parallel
+    /// placement balances).
+    pub fn block_flops_per_sample(&self) -> Vec<usize> {
         let mut shape = vec![1];
         shape.extend_from_slice(&self.input_shape);
-        let mut total = 0;
-        for layer in self.blocks.iter().flat_map(|b| &b.layers) {
-            total += layer.flops_per_sample(&shape);
-            shape = layer.output_shape(&shape).unwrap_or_default();
+        let mut out = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let mut total = 0;
+            for layer in &block.layers {
+                total += layer.flops_per_sample(&shape);
+                shape = layer.output_shape(&shape).unwrap_or_default();
+            }
+            out.push(total);
         }
-        total
+        out
     }
 }
 

@@ -1,6 +1,7 @@
 //! Block-parallel training: consecutive blocks on consecutive ranks.
 //!
-//! Rank `r` owns blocks `bounds[r]..bounds[r + 1]`. The batch's activations (and FDFA's
+//! Rank `r` owns blocks `bounds[r]..bounds[r + 1]`, consecutive blocks split so that the
+//! busiest rank has the least work (by the blocks' multiply-adds per sample). The batch's activations (and FDFA's
 //! tangents) flow forward rank to rank; the rank owning the output block computes the loss
 //! and broadcasts the error `e` (and FDFA's output tangent), and every rank trains its own
 //! blocks from it at once, with no backward pass between ranks. BP, for comparison, sends
@@ -38,9 +39,40 @@ pub(crate) struct BlockParallel {
     grad: Tensor,
 }
 
-/// Consecutive blocks split as evenly as their count allows, the later ranks taking one more.
-fn even_bounds(blocks: usize, ranks: usize) -> Vec<usize> {
-    (0..=ranks).map(|r| blocks * r / ranks).collect()
+/// The split of consecutive blocks of `costs` over `ranks` ranks (each at least one block)
+/// whose busiest rank has the least work: rank `r` gets `bounds[r]..bounds[r + 1]`. Ties
+/// go to the split found first (earlier boundaries), so every rank computes the same one.
+fn balanced_bounds(costs: &[usize], ranks: usize) -> Vec<usize> {
+    let n = costs.len();
+    let mut prefix = vec![0u128; n + 1];
+    for (i, &c) in costs.iter().enumerate() {
+        prefix[i + 1] = prefix[i] + c as u128;
+    }
+    // best[p][i]: the least busiest-rank work splitting the first i blocks over p ranks.
+    let mut best = vec![vec![u128::MAX; n + 1]; ranks + 1];
+    let mut cut = vec![vec![0usize; n + 1]; ranks + 1];
+    best[0][0] = 0;
+    for p in 1..=ranks {
+        for i in p..=n {
+            for j in (p - 1)..i {
+                if best[p - 1][j] == u128::MAX {
+                    continue;
+                }
+                let load = best[p - 1][j].max(prefix[i] - prefix[j]);
+                if load < best[p][i] {
+                    best[p][i] = load;
+                    cut[p][i] = j;
+                }
+            }
+        }
+    }
+    let mut bounds = vec![n; ranks + 1];
+    let mut i = n;
+    for p in (1..=ranks).rev() {
+        i = cut[p][i];
+        bounds[p - 1] = i;
+    }
+    bounds
 }
 
 impl BlockParallel {
@@ -68,7 +100,7 @@ impl BlockParallel {
             )));
         }
         Ok(Self {
-            bounds: even_bounds(blocks, comm.size()),
+            bounds: balanced_bounds(&model.block_flops_per_sample(), comm.size()),
             comm,
             rule: kind,
             received: Dual::default(),
@@ -420,12 +452,16 @@ impl Parameters for OwnedFeedback<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::even_bounds;
+    use super::balanced_bounds;
 
     #[test]
-    fn blocks_split_evenly_and_in_order() {
-        assert_eq!(even_bounds(4, 2), [0, 2, 4]);
-        assert_eq!(even_bounds(3, 2), [0, 1, 3]);
-        assert_eq!(even_bounds(5, 3), [0, 1, 3, 5]);
+    fn blocks_split_so_that_the_busiest_rank_has_the_least_work() {
+        assert_eq!(balanced_bounds(&[1, 1, 1, 1], 2), [0, 2, 4]);
+        // A heavy first block gets a rank to itself.
+        assert_eq!(balanced_bounds(&[10, 4, 3, 1], 2), [0, 1, 4]);
+        assert_eq!(balanced_bounds(&[1, 1, 10], 2), [0, 2, 3]);
+        // Every rank gets a block, even a cheap one.
+        assert_eq!(balanced_bounds(&[5, 0, 0], 3), [0, 1, 2, 3]);
+        assert_eq!(balanced_bounds(&[3, 3, 3, 3, 3], 3), [0, 1, 3, 5]);
     }
 }

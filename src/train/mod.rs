@@ -539,7 +539,8 @@ impl Trainer {
     }
 
     /// Makes this trainer one rank of a block-parallel run over `comm`'s ranks: rank `r`
-    /// owns a consecutive share of the model's blocks (as even as their count allows), the
+    /// owns a consecutive share of the model's blocks (split so that the busiest rank has
+    /// the least work, by [`Model::block_flops_per_sample`]), the
     /// batch's activations (and FDFA's tangents) flow forward rank to rank, the rank owning
     /// the output broadcasts the error (and FDFA's output tangent), and every rank updates
     /// its own blocks at once, with no backward pass between ranks. This is the
