@@ -96,11 +96,9 @@ pub trait DataSource: Send + Sync {
     /// normalised as the reference does (`pixel / 255`, then `(p - 0.5) / 0.5`), and their
     /// labels into `targets` (length `indices.len()`).
     ///
-    /// `seed` drives any random augmentation: sample `i` (the index, not its place in the
-    /// batch) uses its own generator derived from `(seed, i)` (see [`sample_rng`]), so the
-    /// fill runs in parallel over samples and gives the same result whatever the number of
-    /// threads, and a batch split over ranks is filled as the whole batch would be (each
-    /// index appears once per batch, and `seed` changes from batch to batch).
+    /// `seed` drives any random augmentation: sample `j` of the batch uses its own generator
+    /// derived from `(seed, j)` (see [`sample_rng`]), so the fill runs in parallel over samples
+    /// and gives the same result whatever the number of threads.
     ///
     /// # Errors
     ///
@@ -114,6 +112,27 @@ pub trait DataSource: Send + Sync {
         x: &mut [f32],
         targets: &mut [usize],
     ) -> Result<()>;
+
+    /// [`fill_batch`](Self::fill_batch) for the samples at positions `first..` of a batch
+    /// whose other positions other ranks fill (data-parallel training): any randomness must
+    /// follow the sample's position in the whole batch, so that the split batch is the whole
+    /// batch. The default calls `fill_batch`, which is right for every source whose
+    /// randomness does not depend on the position (all but augmenting ones); a source that
+    /// augments by position overrides it, as [`Augmented`] does.
+    ///
+    /// # Errors
+    /// As [`fill_batch`](Self::fill_batch).
+    fn fill_batch_at(
+        &self,
+        indices: &[usize],
+        seed: u64,
+        first: usize,
+        x: &mut [f32],
+        targets: &mut [usize],
+    ) -> Result<()> {
+        let _ = first;
+        self.fill_batch(indices, seed, x, targets)
+    }
 }
 
 /// Whether samples of `sample` fit a model whose input is `input` (both without the batch
@@ -170,8 +189,8 @@ pub fn check_fits(source: &dyn DataSource, input_shape: &[usize], classes: usize
     Ok(())
 }
 
-/// The generator that the sample of index `j` in a batch filled with `seed` uses for its
-/// augmentation: ChaCha8 seeded from `seed`, on stream `j`.
+/// The generator that sample `j` of a batch filled with `seed` uses for its augmentation:
+/// ChaCha8 seeded from `seed`, on stream `j`.
 ///
 /// ```
 /// use fdfa::data::sample_rng;

@@ -152,6 +152,17 @@ impl DataSource for Augmented {
         x: &mut [f32],
         targets: &mut [usize],
     ) -> Result<()> {
+        self.fill_batch_at(indices, seed, 0, x, targets)
+    }
+
+    fn fill_batch_at(
+        &self,
+        indices: &[usize],
+        seed: u64,
+        first: usize,
+        x: &mut [f32],
+        targets: &mut [usize],
+    ) -> Result<()> {
         check_batch(
             "Augmented::fill_batch",
             self.len(),
@@ -164,11 +175,12 @@ impl DataSource for Augmented {
         x.par_chunks_mut(self.sample_len)
             .zip(targets.par_iter_mut())
             .zip(indices.par_iter())
+            .enumerate()
             .with_min_len(MIN_SAMPLES_PER_TASK)
-            .for_each(|((out, target), &i)| {
+            .for_each(|(j, ((out, target), &i))| {
                 let (crop, flip) = match self.mode {
                     Mode::Train => {
-                        let mut rng = sample_rng(seed, i);
+                        let mut rng = sample_rng(seed, first + j);
                         let crop = random_resized_crop(shape[1], shape[2], &mut rng);
                         (crop, rng.random::<f64>() < FLIP_P)
                     }
@@ -467,6 +479,22 @@ mod tests {
         let x = batch(&train, &indices, 9);
         let len = 3 * 40 * 40;
         assert_ne!(x[2 * len..3 * len], x[3 * len..4 * len]);
+    }
+
+    #[test]
+    fn a_batch_filled_in_parts_is_the_whole_batch() {
+        let train = Augmented::train(ramp(6, [3, 32, 32]), 40).unwrap();
+        let indices = [5, 0, 3, 4, 1, 2];
+        let whole = batch(&train, &indices, 9);
+        let len = 3 * 40 * 40;
+        let mut parts = Vec::new();
+        for (first, part) in [(0, &indices[..2]), (2, &indices[2..])] {
+            let mut x = vec![0.0; part.len() * len];
+            let mut t = vec![0; part.len()];
+            train.fill_batch_at(part, 9, first, &mut x, &mut t).unwrap();
+            parts.extend(x);
+        }
+        assert_eq!(parts, whole);
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!   normalises over its own slice, and rank 0's running statistics are the ones kept.
 //! - **Random directions** (FDFA, FG-A): each rank draws exactly its rows of the directions
 //!   the single process would draw for the whole batch.
-//! - **Augmentation** depends on `(seed, sample)`, not on the sample's place in the batch.
+//! - **Augmentation** follows each sample's position in the whole batch
+//!   ([`DataSource::fill_batch_at`](crate::data::DataSource::fill_batch_at)).
 //!
 //! Every sum over ranks runs in f64 in rank order and gives every rank the same bits, so all
 //! ranks keep identical weights, a run is bit-identical from run to run for a given number of

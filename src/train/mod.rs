@@ -892,7 +892,13 @@ impl Trainer {
             self.x.resize(&shape);
             self.targets.resize(shard.len, 0);
             let seed = derived_seed(self.config.seed, AUGMENT, epoch, b);
-            train.fill_batch(indices, seed, self.x.data_mut(), &mut self.targets)?;
+            train.fill_batch_at(
+                indices,
+                seed,
+                shard.offset,
+                self.x.data_mut(),
+                &mut self.targets,
+            )?;
             if let Some(hook) = &mut self.before_step.0 {
                 hook(StepContext {
                     model: &mut self.model,
