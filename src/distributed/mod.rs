@@ -1,5 +1,9 @@
-//! Training across processes: data-parallel with synchronised BatchNorm, over any
-//! [`Communicator`] (MPI with the `mpi` feature, or threads of one process).
+//! Training across processes, over any [`Communicator`] (MPI with the `mpi` feature, or
+//! threads of one process): data-parallel with synchronised BatchNorm
+//! ([`Trainer::set_distributed`](crate::train::Trainer::set_distributed)), described here,
+//! and block-parallel ([`Trainer::set_block_parallel`](crate::train::Trainer::set_block_parallel)),
+//! where consecutive blocks live on consecutive ranks and DFA, DKP and FDFA update every
+//! block at once from the broadcast error.
 //!
 //! Every rank holds the whole model and trains on its share of each global batch
 //! ([`Shard::of`]): a contiguous slice of the batch the single-process trainer would draw.
