@@ -148,6 +148,16 @@ fn relative_gap(got: &[f32], want: &[f32]) -> f64 {
     gap / scale.max(1e-30)
 }
 
+/// One epoch of two runs of one algorithm whose sums ran in different orders: the losses
+/// within 0.2% and the accuracy within a point (a network early in training has many
+/// inputs near a decision boundary).
+fn assert_same_function(what: &str, got: &EpochRecord, want: &EpochRecord) {
+    let close = (got.test_accuracy - want.test_accuracy).abs() <= 1.0
+        && (got.test_loss - want.test_loss).abs() < 2e-3 * want.test_loss
+        && (got.train_loss - want.train_loss).abs() < 2e-3 * want.train_loss;
+    assert!(close, "{what}: {got:?} against {want:?}");
+}
+
 fn assert_same_bits(ranks: &[Outcome], what: &str) {
     for (r, o) in ranks.iter().enumerate().skip(1) {
         assert!(
@@ -262,18 +272,7 @@ fn every_rule_on_n_ranks_trains_the_single_process_model() {
                 // so f32 rounding moves single weights by up to the learning rate; what the
                 // network computes must agree closely.
                 for (a, b) in ranks[0].records.iter().zip(&alone.records) {
-                    assert!(
-                        (a.test_accuracy - b.test_accuracy).abs() <= 1.0,
-                        "{what}: {a:?} {b:?}"
-                    );
-                    assert!(
-                        (a.test_loss - b.test_loss).abs() < 2e-3 * b.test_loss,
-                        "{what}: {a:?} {b:?}"
-                    );
-                    assert!(
-                        (a.train_loss - b.train_loss).abs() < 2e-3 * b.train_loss,
-                        "{what}: {a:?} {b:?}"
-                    );
+                    assert_same_function(&what, a, b);
                 }
                 if rule == RuleKind::Bp {
                     // BP's weights after two epochs, tensor by tensor against its own scale,
@@ -432,19 +431,7 @@ fn a_checkpoint_of_three_ranks_resumes_on_two_ranks_or_one_process() {
             o.records[0], whole[0].records[0],
             "{what}: epoch 1 was saved"
         );
-        let (a, b) = (&o.records[1], &whole[0].records[1]);
-        assert!(
-            (a.test_accuracy - b.test_accuracy).abs() <= 1.0,
-            "{what}: {a:?} {b:?}"
-        );
-        assert!(
-            (a.test_loss - b.test_loss).abs() < 2e-3 * b.test_loss,
-            "{what}: {a:?} {b:?}"
-        );
-        assert!(
-            (a.train_loss - b.train_loss).abs() < 2e-3 * b.train_loss,
-            "{what}: {a:?} {b:?}"
-        );
+        assert_same_function(what, &o.records[1], &whole[0].records[1]);
         assert_ne!(o.state, whole[0].state, "{what}");
     }
 }
