@@ -524,3 +524,41 @@ fn a_block_parallel_checkpoint_resumes_on_one_process_exactly() {
     assert_eq!(resumed.state, whole.state);
     assert_eq!(resumed.records, whole.records);
 }
+
+#[test]
+fn train_batch_on_every_rank_trains_the_shared_batch() {
+    let (train, _) = data();
+    let mut x = fdfa::Tensor::zeros(&[64, 1, 28, 28]);
+    let mut targets = vec![0; 64];
+    let indices: Vec<usize> = (0..64).collect();
+    use fdfa::data::DataSource;
+    train
+        .fill_batch(&indices, 0, x.data_mut(), &mut targets)
+        .unwrap();
+    let steps = |t: &mut Trainer| -> Result<Vec<f32>> {
+        (0..3).map(|_| t.train_batch(&x, &targets)).collect()
+    };
+    let mut alone = trainer(Net::Cnn, RuleKind::Fdfa, 3).unwrap();
+    let want = steps(&mut alone).unwrap();
+    for blocks in [false, true] {
+        let ranks = on_ranks(2, |comm| {
+            let mut t = trainer(Net::Cnn, RuleKind::Fdfa, 3)?;
+            match blocks {
+                true => t.set_block_parallel(Arc::new(comm))?,
+                false => t.set_distributed(Arc::new(comm), BatchNormSync::Synchronized)?,
+            }
+            Ok::<_, Error>((steps(&mut t)?, state(&t)))
+        });
+        for r in ranks {
+            let (losses, weights) = r.unwrap();
+            if blocks {
+                assert_eq!(losses, want);
+                assert_eq!(weights, state(&alone));
+            } else {
+                for (a, b) in losses.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5 * b, "{a} against {b}");
+                }
+            }
+        }
+    }
+}

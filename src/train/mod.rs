@@ -756,7 +756,9 @@ impl Trainer {
     ///
     /// `x` is `[N, ...]` with samples of the model's input shape (or of another layout with
     /// as many values, as [`check_fits`](crate::data::check_fits) allows), `targets` one
-    /// class per sample.
+    /// class per sample. In a distributed run every rank passes the same batch: a
+    /// data-parallel rank trains on its share of it, and a block-parallel run's ranks are
+    /// whole again when the call returns.
     ///
     /// ```
     /// use fdfa::prelude::*;
@@ -816,13 +818,30 @@ impl Trainer {
                 classes,
             });
         }
-        let mut shape = vec![n];
+        // Every rank of a data-parallel run passes the same batch and trains on its share.
+        let shard = match &self.dist {
+            Some(d) if n < d.comm.size() => {
+                return Err(Error::Distributed {
+                    rank: d.comm.rank(),
+                    reason: format!(
+                        "a batch of {n} samples cannot be split over {} ranks",
+                        d.comm.size()
+                    ),
+                });
+            }
+            Some(d) => Shard::of(n, d.comm.rank(), d.comm.size()),
+            None => Shard::whole(n),
+        };
+        let mut shape = vec![shard.len];
         shape.extend_from_slice(input);
         self.x.resize(&shape);
-        self.x.data_mut().copy_from_slice(x.data());
+        let row = x.len() / n;
+        let rows = shard.offset * row..(shard.offset + shard.len) * row;
+        self.x.data_mut().copy_from_slice(&x.data()[rows]);
         self.targets.clear();
-        self.targets.extend_from_slice(targets);
-        let loss = self.step(self.progress.epoch + 1, 0, Shard::whole(n))?;
+        self.targets
+            .extend_from_slice(&targets[shard.offset..shard.offset + shard.len]);
+        let loss = self.step(self.progress.epoch + 1, 0, shard)?;
         self.sync_blocks()?;
         Ok(loss)
     }
