@@ -52,6 +52,9 @@
 //! - **Expert path:** assemble your own [`model::Block`]s from [`layers`], drive
 //!   [`rules::LearningRule::step`] and the two [`optim::Adam`] groups yourself, or write a
 //!   rule of your own on the [`model::Model`] primitives (see `examples/custom_rule.rs`).
+//! - **More than one machine:** [`distributed`] trains data-parallel (synchronised
+//!   BatchNorm, the single-process algorithm) or block-parallel (DFA's blocks updating at
+//!   once on their own ranks), over MPI with the `mpi` feature or over threads.
 //! - Coming from PyTorch: [`doc::pytorch_users`].
 
 #![deny(unsafe_code)]
