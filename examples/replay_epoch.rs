@@ -1,6 +1,6 @@
-//! One training epoch from a given initial state, in a given batch order: the check that
-//! fdfa and another implementation (the PyTorch reference) follow the same trajectory when
-//! they start from the same weights and see the same batches.
+//! Training epochs from a given initial state, in a given batch order: the check that fdfa
+//! and another implementation (the PyTorch reference) follow the same trajectory when they
+//! start from the same weights and see the same batches.
 //!
 //! ```text
 //! cargo run --release --example replay_epoch -- --init init.safetensors --order order.txt \
@@ -9,11 +9,12 @@
 //!
 //! `--init` is a safetensors file with the network's state under PyTorch's `state_dict`
 //! names (as `safetensors.torch.save_file(model.state_dict())` writes it), including the
-//! feedback matrices `<point>.feedbacks` for DFA, DKP and FDFA; `--order` lists the epoch's
-//! training-sample indices, one per line, batched in that order (the last batch short). The
-//! settings are the reference's defaults (batch 64, Adam 1e-4, b_lr 1e-4). Prints one JSON
-//! line: the test loss and accuracy before and after the epoch and the epoch's training
-//! loss. Under BP, DFA and DKP the epoch is then fully determined, so two implementations
+//! feedback matrices `<point>.feedbacks` for DFA, DKP and FDFA; `--order` lists training-sample
+//! indices, one per line, batched in that order: `--epochs` equal parts, one per epoch (the
+//! last batch of each short). The settings are the reference's defaults (batch 64, Adam 1e-4,
+//! b_lr 1e-4, the forward learning rate times 0.95 after every epoch). Prints one JSON line
+//! per epoch: the epoch's training loss and the test loss and accuracy after it (and before
+//! the first). Under BP, DFA and DKP the run is then fully determined, so two implementations
 //! should agree up to float32 rounding; FDFA's random directions still differ.
 //! `benches/pytorch/replay_epoch.py` runs the reference and this example on the same start.
 
@@ -27,15 +28,18 @@ use fdfa::rules::RuleKind;
 use fdfa::train::checkpoint::load_model;
 use fdfa::train::{TrainConfig, Trainer};
 
-/// One training epoch from a given state in a given batch order.
+/// Training epochs from a given state in a given batch order.
 #[derive(Parser, Debug)]
 struct Args {
     /// The initial state: a safetensors file with PyTorch's `state_dict` names.
     #[arg(long)]
     init: PathBuf,
-    /// The epoch's order: training-sample indices, one per line.
+    /// The order: training-sample indices, one per line, `--epochs` equal parts.
     #[arg(long)]
     order: PathBuf,
+    /// Epochs: the order's parts.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    epochs: u64,
     /// mnist or fashion-mnist.
     #[arg(long, default_value = "mnist")]
     dataset: String,
@@ -105,33 +109,47 @@ fn run(args: &Args) -> Result<(), String> {
     let config = TrainConfig::default().with_batch_size(args.batch_size as usize);
     let mut trainer = Trainer::new(model, learning, config).map_err(|e| e.to_string())?;
     let (loss0, acc0) = trainer.evaluate(&test).map_err(|e| e.to_string())?;
-    let shape = trainer.model().input_shape().to_vec();
-    let (mut sum, mut batches) = (0.0f64, 0usize);
-    for indices in order.chunks(args.batch_size as usize) {
-        let mut dims = vec![indices.len()];
-        dims.extend_from_slice(&shape);
-        let mut x = Tensor::zeros(&dims);
-        let mut targets = vec![0; indices.len()];
-        train
-            .fill_batch(indices, 0, x.data_mut(), &mut targets)
-            .map_err(|e| e.to_string())?;
-        sum += f64::from(
-            trainer
-                .train_batch(&x, &targets)
-                .map_err(|e| e.to_string())?,
-        );
-        batches += 1;
+    let epochs = args.epochs as usize;
+    if order.len() % epochs != 0 {
+        return Err(format!(
+            "{}: {} indices do not split into {epochs} equal epochs",
+            args.order.display(),
+            order.len()
+        ));
     }
-    let (loss, acc) = trainer.evaluate(&test).map_err(|e| e.to_string())?;
-    let line = serde_json::json!({
-        "initial_test_loss": loss0,
-        "initial_test_accuracy": acc0,
-        "train_loss": sum / batches.max(1) as f64,
-        "test_loss": loss,
-        "test_accuracy": acc,
-        "batches": batches,
-    });
-    println!("{line}");
+    let shape = trainer.model().input_shape().to_vec();
+    for (e, part) in order.chunks(order.len() / epochs).enumerate() {
+        let (mut sum, mut batches) = (0.0f64, 0usize);
+        for indices in part.chunks(args.batch_size as usize) {
+            let mut dims = vec![indices.len()];
+            dims.extend_from_slice(&shape);
+            let mut x = Tensor::zeros(&dims);
+            let mut targets = vec![0; indices.len()];
+            train
+                .fill_batch(indices, 0, x.data_mut(), &mut targets)
+                .map_err(|e| e.to_string())?;
+            sum += f64::from(
+                trainer
+                    .train_batch(&x, &targets)
+                    .map_err(|e| e.to_string())?,
+            );
+            batches += 1;
+        }
+        // Evaluates, then decays the forward learning rate as the reference's scheduler does.
+        let record = trainer
+            .finish_epoch(sum / batches as f64, &test)
+            .map_err(|e| e.to_string())?;
+        let line = serde_json::json!({
+            "epoch": e + 1,
+            "initial_test_loss": loss0,
+            "initial_test_accuracy": acc0,
+            "train_loss": record.train_loss,
+            "test_loss": record.test_loss,
+            "test_accuracy": record.test_accuracy,
+            "batches": batches,
+        });
+        println!("{line}");
+    }
     Ok(())
 }
 

@@ -263,6 +263,8 @@ def read_summary(path):
     table = {}
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
+            if not r["seeds"] or int(r["seeds"]) == 0:
+                continue  # a cell of the grid with no finished run
             key = (r["dataset"], r["network"], r["rule"], int(r["epoch"]))
             std = float(r["accuracy_std"]) if r["accuracy_std"] else float("nan")
             loss_std = float(r["test_loss_std"]) if r["test_loss_std"] else float("nan")

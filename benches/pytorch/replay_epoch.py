@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""One epoch of the reference and of fdfa from the same initial state in the same batch order.
+"""The reference and fdfa trained from the same initial state in the same batch order.
 
 For each seed, runs the reference's own `main` (from the checkout given with --reference) for
-one epoch, recording the state its model starts from (its parameters, BatchNorm buffers and
+--epochs epochs (default 1), recording the state its model starts from (its parameters, BatchNorm buffers and
 feedback matrices, saved by its first `test` call, before any training step) and the order in
 which its loader visits the training set; then runs fdfa's `replay_epoch` example from that
-state in that order, and prints both epochs' training loss, test loss and test accuracy. Under
+state in that order, and prints both sides' training loss, test loss and test accuracy per
+epoch. Under
 BP, DFA and DKP nothing else is random, so the two should agree up to float32 rounding
-(amplified over an epoch of steps); under FDFA the random directions still differ. This
+(amplified over the steps); under FDFA the random directions still differ. This
 separates the deterministic part of training (data pipeline, layers, rules, optimizers,
 BatchNorm statistics, evaluation) from the random draws (initial weights, shuffles,
 directions), whose distributions the seed sweep compares. See README.md beside this file.
@@ -39,6 +40,7 @@ def parse_args(argv):
     p.add_argument("--network", default="fc2", help="fc1, fc2, ... or cnn")
     p.add_argument("--rule", default="BP", choices=["BP", "DFA", "DKP", "FDFA"])
     p.add_argument("--seeds", default="0-4", help="the reference's seeds, e.g. 0-4")
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--threads", type=int, default=1, help="threads on each side")
     p.add_argument("--work", type=Path, default=Path("target/replay-epoch"),
                    help="folder for the initial states, orders and logs")
@@ -127,9 +129,8 @@ def reference_log(scratch, rule):
         raise SystemExit(f"{scratch}: expected one log of the reference, found {len(logs)}")
     import csv
     rows = list(csv.DictReader(logs[0].read_text().splitlines()[1:]))
-    r = rows[-1]
-    return {"train_loss": float(r["Training Loss"]), "test_loss": float(r["Test Loss"]),
-            "test_accuracy": float(r["Test Accuracy"])}
+    return [{"train_loss": float(r["Training Loss"]), "test_loss": float(r["Test Loss"]),
+             "test_accuracy": float(r["Test Accuracy"])} for r in rows]
 
 
 def fdfa_binary(args):
@@ -156,10 +157,12 @@ def main(argv):
     binary = fdfa_binary(args)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads),
                MKL_NUM_THREADS=str(args.threads))
-    print("| seed | training loss, reference / fdfa | test loss, reference / fdfa | "
+    if args.epochs < 1:
+        raise SystemExit("--epochs must be at least 1")
+    print("| seed | epoch | training loss, reference / fdfa | test loss, reference / fdfa | "
           "test accuracy (%), reference / fdfa |")
-    print("|---:|---:|---:|---:|")
-    diffs = []
+    print("|---:|---:|---:|---:|---:|")
+    diffs = {}
     for seed in parse_seeds(args.seeds):
         run = work / f"{args.dataset}-{args.network}-{args.rule}-seed-{seed}"
         scratch = run / "reference"
@@ -172,29 +175,36 @@ def main(argv):
                 "init": str(run / "init.safetensors"), "order": str(run / "order.txt"),
                 "argv": [f"--dataset={DATASETS[args.dataset][1]}",
                          *network_flags(args.network), f"--train-mode={args.rule}",
-                         f"--seed={seed}", "--epochs=1", "--log-dir=results/"]}
+                         f"--seed={seed}", f"--epochs={args.epochs}", "--log-dir=results/"]}
         with open(run / "reference.log", "wb") as log:
             subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker",
                             json.dumps(spec)], stdout=log, stderr=subprocess.STDOUT, env=env,
                            check=True)
-        ref = reference_log(scratch, args.rule)
+        refs = reference_log(scratch, args.rule)
         out = subprocess.run([str(binary), "--init", spec["init"], "--order", spec["order"],
-                              "--dataset", args.dataset, "--data-dir", str(source),
-                              "--network", args.network, "--rule", args.rule,
-                              "--threads", str(args.threads)],
+                              "--epochs", str(args.epochs), "--dataset", args.dataset,
+                              "--data-dir", str(source), "--network", args.network,
+                              "--rule", args.rule, "--threads", str(args.threads)],
                              capture_output=True, text=True, check=True, env=env)
-        ours = json.loads(out.stdout.strip().splitlines()[-1])
-        diffs.append([ours[k] - ref[k] for k in ("train_loss", "test_loss", "test_accuracy")])
-        print(f"| {seed} | {ref['train_loss']:.5f} / {ours['train_loss']:.5f} | "
-              f"{ref['test_loss']:.5f} / {ours['test_loss']:.5f} | "
-              f"{ref['test_accuracy']:.2f} / {ours['test_accuracy']:.2f} |", flush=True)
-    n = len(diffs)
-    mean = [sum(d[i] for d in diffs) / n for i in range(3)]
-    worst = [max(abs(d[i]) for d in diffs) for i in range(3)]
-    print(f"\nfdfa minus reference over {n} seeds: training loss mean {mean[0]:+.5f} "
-          f"(largest {worst[0]:.5f}), test loss mean {mean[1]:+.5f} (largest {worst[1]:.5f}), "
-          f"test accuracy mean {mean[2]:+.3f} (largest {worst[2]:.2f})")
-
+        ours = [json.loads(line) for line in out.stdout.strip().splitlines()]
+        if len(refs) != args.epochs or len(ours) != args.epochs:
+            raise SystemExit(f"seed {seed}: {len(refs)} epochs of the reference and "
+                             f"{len(ours)} of fdfa, not {args.epochs}")
+        for epoch, (ref, our) in enumerate(zip(refs, ours), start=1):
+            keys = ("train_loss", "test_loss", "test_accuracy")
+            diffs.setdefault(epoch, []).append([our[k] - ref[k] for k in keys])
+            print(f"| {seed} | {epoch} | {ref['train_loss']:.5f} / {our['train_loss']:.5f} | "
+                  f"{ref['test_loss']:.5f} / {our['test_loss']:.5f} | "
+                  f"{ref['test_accuracy']:.2f} / {our['test_accuracy']:.2f} |", flush=True)
+    print()
+    for epoch, d in sorted(diffs.items()):
+        n = len(d)
+        mean = [sum(x[i] for x in d) / n for i in range(3)]
+        worst = [max(abs(x[i]) for x in d) for i in range(3)]
+        print(f"epoch {epoch}, fdfa minus reference over {n} seeds: training loss mean "
+              f"{mean[0]:+.5f} (largest {worst[0]:.5f}), test loss mean {mean[1]:+.5f} "
+              f"(largest {worst[1]:.5f}), test accuracy mean {mean[2]:+.3f} "
+              f"(largest {worst[2]:.2f})")
 
 if __name__ == "__main__":
     main(sys.argv[1:])
