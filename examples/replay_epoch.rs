@@ -8,8 +8,9 @@
 //! ```
 //!
 //! `--init` is a safetensors file with the network's state under PyTorch's `state_dict`
-//! names (as `safetensors.torch.save_file(model.state_dict())` writes it), including the
-//! feedback matrices `<point>.feedbacks` for DFA, DKP and FDFA; `--order` lists training-sample
+//! names (as `safetensors.torch.save_file(model.state_dict())` writes it), with the
+//! feedback matrices `<point>.feedbacks` for DFA (DKP and FDFA start from zeros when they are
+//! left out); `--order` lists training-sample
 //! indices, one per line, batched in that order: `--epochs` equal parts, one per epoch (the
 //! last batch of each short). The settings are the reference's defaults (batch 64, Adam 1e-4,
 //! b_lr 1e-4, the forward learning rate times 0.95 after every epoch). Prints one JSON line
@@ -97,13 +98,22 @@ fn run(args: &Args) -> Result<(), String> {
     load_model(&args.init, &mut model).map_err(|e| e.to_string())?;
     let mut learning = rule.build(&model, 1, &mut rng).map_err(|e| e.to_string())?;
     if let Some(feedback) = learning.feedback_mut() {
+        // DKP and FDFA start from zeros in the reference, so the file may leave their
+        // matrices out; DFA's random ones must be in it.
         let names = feedback.names().to_vec();
-        let wanted: Vec<String> = names.iter().map(|n| format!("{n}.feedbacks")).collect();
-        let tensors = read_tensors(&args.init, &wanted)?;
-        for (l, t) in tensors.iter().enumerate() {
-            feedback
-                .set(l, t)
-                .map_err(|e| format!("{}: {e}", wanted[l]))?;
+        let tensors = read_tensors(&args.init, &names)?;
+        for (l, (name, t)) in names.iter().zip(tensors).enumerate() {
+            match t {
+                Some(t) => feedback.set(l, &t).map_err(|e| format!("{name}: {e}"))?,
+                None if rule == RuleKind::Dfa => {
+                    return Err(format!(
+                        "{}: no tensor `{name}` (DFA's feedback matrices are random: the \
+                         replay needs the ones the other side started from)",
+                        args.init.display()
+                    ));
+                }
+                None => {}
+            }
         }
     }
     let config = TrainConfig::default().with_batch_size(args.batch_size as usize);
@@ -186,8 +196,8 @@ fn read_order(path: &Path) -> Result<Vec<usize>, String> {
     Ok(order)
 }
 
-/// Reads the float32 tensors `names` from a safetensors file.
-fn read_tensors(path: &Path, names: &[String]) -> Result<Vec<Tensor>, String> {
+/// Reads the float32 tensors `names` from a safetensors file (`None` for a name it lacks).
+fn read_tensors(path: &Path, names: &[String]) -> Result<Vec<Option<Tensor>>, String> {
     let err = |m: String| format!("{}: {m}", path.display());
     let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
     let len = bytes
@@ -203,9 +213,9 @@ fn read_tensors(path: &Path, names: &[String]) -> Result<Vec<Tensor>, String> {
     names
         .iter()
         .map(|name| {
-            let entry = header
-                .get(name)
-                .ok_or_else(|| err(format!("no tensor `{name}`")))?;
+            let Some(entry) = header.get(name) else {
+                return Ok(None);
+            };
             if entry["dtype"] != "F32" {
                 return Err(err(format!("`{name}` is not F32")));
             }
@@ -221,7 +231,9 @@ fn read_tensors(path: &Path, names: &[String]) -> Result<Vec<Tensor>, String> {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
-            Tensor::from_vec(&shape, values).map_err(|e| err(format!("`{name}`: {e}")))
+            Tensor::from_vec(&shape, values)
+                .map(Some)
+                .map_err(|e| err(format!("`{name}`: {e}")))
         })
         .collect()
 }

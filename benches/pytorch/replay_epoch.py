@@ -2,13 +2,13 @@
 """The reference and fdfa trained from the same initial state in the same batch order.
 
 For each seed, runs the reference's own `main` (from the checkout given with --reference) for
---epochs epochs (default 1), recording the state its model starts from (its parameters, BatchNorm buffers and
-feedback matrices, saved by its first `test` call, before any training step) and the order in
-which its loader visits the training set; then runs fdfa's `replay_epoch` example from that
-state in that order, and prints both sides' training loss, test loss and test accuracy per
-epoch. Under
-BP, DFA and DKP nothing else is random, so the two should agree up to float32 rounding
-(amplified over the steps); under FDFA the random directions still differ. This
+--epochs epochs (default 1), recording the state its model starts from (its parameters,
+BatchNorm buffers and feedback matrices, saved after its first `test` call, which creates the
+feedback matrices, and before any training step) and the order in which its loader visits the
+training set; then runs fdfa's `replay_epoch` example from that state in that order, and prints
+both sides' training loss, test loss and test accuracy per epoch. Under BP, DFA and DKP
+nothing else is random, so the two should agree up to float32 rounding (amplified over the
+steps); under FDFA the random directions still differ. This
 separates the deterministic part of training (data pipeline, layers, rules, optimizers,
 BatchNorm statistics, evaluation) from the random draws (initial weights, shuffles,
 directions), whose distributions the seed sweep compares. See README.md beside this file.
@@ -113,10 +113,13 @@ def worker(spec):
     saved = []
 
     def first_test_saves(model, device, loader):
+        # main's first test call creates the feedback matrices (at the hooks' first forward)
+        # and changes nothing else: in evaluation mode BatchNorm keeps its statistics.
+        result = test(model, device, loader)
         if not saved:
             saved.append(True)
             save_safetensors(spec["init"], model.state_dict())
-        return test(model, device, loader)
+        return result
 
     reference_main.test = first_test_saves
     reference_main.main(spec["argv"])
@@ -185,7 +188,9 @@ def main(argv):
                               "--epochs", str(args.epochs), "--dataset", args.dataset,
                               "--data-dir", str(source), "--network", args.network,
                               "--rule", args.rule, "--threads", str(args.threads)],
-                             capture_output=True, text=True, check=True, env=env)
+                             capture_output=True, text=True, env=env)
+        if out.returncode != 0:
+            raise SystemExit(f"seed {seed}: replay_epoch failed: {out.stderr.strip()}")
         ours = [json.loads(line) for line in out.stdout.strip().splitlines()]
         if len(refs) != args.epochs or len(ours) != args.epochs:
             raise SystemExit(f"seed {seed}: {len(refs)} epochs of the reference and "
