@@ -218,8 +218,12 @@ def run_grid(args):
             done += 1
             print(f"[{i + 1}/{len(runs)}] {name}: finished, skipped", flush=True)
             continue
-        # No checkpoint to resume from: an unfinished run starts over in a clean folder.
+        # No checkpoint to resume from: an unfinished run starts over in a clean folder. A
+        # folder this script did not make (an fdfa run, with its checkpoint) is left alone.
         if run_dir.exists():
+            if any(run_dir.iterdir()) and not (run_dir / "reference").is_dir():
+                raise SystemExit(f"{run_dir} holds something other than a reference run (an "
+                                 "fdfa sweep's?): give the reference its own --out")
             shutil.rmtree(run_dir)
         scratch = run_dir / "reference"
         scratch.mkdir(parents=True)
