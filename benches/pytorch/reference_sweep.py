@@ -291,7 +291,8 @@ def compare(args):
     ref = read_summary(args.compare[1])
     wanted = {int(e) for e in args.compare_epochs.split(",") if e.strip()}
     keys = sorted((k for k in ours if k in ref and (not wanted or k[3] in wanted)),
-                  key=lambda k: (k[0], k[1], RULES.index(k[2]) if k[2] in RULES else 99, k[3]))
+                  key=lambda k: (list(DATASETS).index(k[0]) if k[0] in DATASETS else 99, k[0],
+                                 k[1], RULES.index(k[2]) if k[2] in RULES else 99, k[3]))
     if not keys:
         raise SystemExit("the two summaries share no (dataset, network, rule, epoch)")
     print("| dataset | network | rule | epoch | seeds (fdfa / ref.) | accuracy, fdfa | "
