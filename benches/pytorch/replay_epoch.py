@@ -55,6 +55,23 @@ def parse_args(argv):
     return args
 
 
+# fdfa's shallow CNN names its modules as the golden files do, not as the reference's
+# networks/conv_mnist.py does: the reference's state is saved under fdfa's names.
+CNN_NAMES = {"conv1": "conv_1", "conv1_bn": "bn_1", "conv1_dfa": "conv_1_dfa",
+             "conv2": "conv_2", "conv2_bn": "bn_2", "conv2_dfa": "conv_2_dfa",
+             "fc1": "linear_1", "fc1_bn": "linear_1_bn", "fc1_dfa": "linear_1_dfa"}
+
+
+def fdfa_names(state, network):
+    if network != "cnn":
+        return state
+    renamed = {}
+    for name, value in state.items():
+        module, _, rest = name.partition(".")
+        renamed[f"{CNN_NAMES.get(module, module)}.{rest}"] = value
+    return renamed
+
+
 def save_safetensors(path, state):
     """Writes a state_dict as safetensors (float32 and int64 tensors)."""
     header, blobs, offset = {}, [], 0
@@ -118,7 +135,7 @@ def worker(spec):
         result = test(model, device, loader)
         if not saved:
             saved.append(True)
-            save_safetensors(spec["init"], model.state_dict())
+            save_safetensors(spec["init"], fdfa_names(model.state_dict(), spec["network"]))
         return result
 
     reference_main.test = first_test_saves
@@ -175,6 +192,7 @@ def main(argv):
         if not (scratch / "data").exists():
             (scratch / "data").symlink_to(tv_root)
         spec = {"reference": str(reference), "scratch": str(scratch), "threads": args.threads,
+                "network": args.network,
                 "init": str(run / "init.safetensors"), "order": str(run / "order.txt"),
                 "argv": [f"--dataset={DATASETS[args.dataset][1]}",
                          *network_flags(args.network), f"--train-mode={args.rule}",
