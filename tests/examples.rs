@@ -340,3 +340,123 @@ fn the_jvp_example_agrees_with_central_differences() {
     let scale = number_after(&out, "largest |d logit / d pixel|:");
     assert!(scale > 0.0 && worst <= 1e-2 * scale, "{out}");
 }
+
+/// Runs `replay_epoch` with `args`; returns its status, stdout and stderr.
+fn run_replay(args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args([
+        "run",
+        "--quiet",
+        "--example",
+        "replay_epoch",
+    ]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = cmd.arg("--").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The number after `"key":` in a JSON line.
+fn json_number(line: &str, key: &str) -> f64 {
+    let pat = format!("\"{key}\":");
+    let rest = &line[line
+        .find(&pat)
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+        + pat.len()..];
+    let end = rest.find([',', '}']).unwrap();
+    rest[..end].parse().unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    debug_assertions,
+    ignore = "builds and runs the examples: run with --release"
+)]
+fn replay_epoch_is_the_library_loop_on_the_given_batches() {
+    use fdfa::prelude::*;
+    let Some(dir) = common::mnist_or_skip("replay_epoch_is_the_library_loop_on_the_given_batches")
+    else {
+        return;
+    };
+    let tmp = scratch("replay");
+    // DKP: the second optimizer too. Two epochs of 100 samples (a batch of 64, then a short
+    // one of 36), in an order that is not the identity.
+    let mut rng = fdfa::init::rng(7);
+    let model = fdfa::model::fc(&[1, 28, 28], 2, 800, 10, &mut rng).unwrap();
+    let init = tmp.join("init.safetensors");
+    save_model(&init, &model).unwrap();
+    let order: Vec<usize> = (0..200).map(|i| (i * 7919 + 13) % 60_000).collect();
+    let order_file = tmp.join("order.txt");
+    let text: String = order.iter().map(|i| format!("{i}\n")).collect();
+    std::fs::write(&order_file, text).unwrap();
+    let (ok, stdout, stderr) = run_replay(&[
+        "--init",
+        init.to_str().unwrap(),
+        "--order",
+        order_file.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--rule",
+        "DKP",
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "replay_epoch failed:\n{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+
+    // The same epochs through the library: the rule on a model loaded from the same file.
+    let (train, test) = fdfa::data::load_mnist(&dir).unwrap();
+    let mut model = fdfa::model::fc(&[1, 28, 28], 2, 800, 10, &mut fdfa::init::rng(99)).unwrap();
+    load_model(&init, &mut model).unwrap();
+    let rule = RuleKind::Dkp
+        .build(&model, 1, &mut fdfa::init::rng(99))
+        .unwrap();
+    let mut trainer = Trainer::new(model, rule, TrainConfig::default()).unwrap();
+    for (e, part) in order.chunks(100).enumerate() {
+        let mut sum = 0.0;
+        for batch in part.chunks(64) {
+            let mut x = Tensor::zeros(&[batch.len(), 1, 28, 28]);
+            let mut t = vec![0; batch.len()];
+            train.fill_batch(batch, 0, x.data_mut(), &mut t).unwrap();
+            sum += f64::from(trainer.train_batch(&x, &t).unwrap());
+        }
+        let record = trainer.finish_epoch(sum / 2.0, &test).unwrap();
+        let line = lines[e];
+        assert_eq!(json_number(line, "epoch"), (e + 1) as f64, "{line}");
+        assert_eq!(json_number(line, "batches"), 2.0, "{line}");
+        // JSON keeps every digit of an f64: the same computation gives the same bits.
+        assert_eq!(json_number(line, "train_loss"), record.train_loss, "{line}");
+        assert_eq!(json_number(line, "test_loss"), record.test_loss, "{line}");
+        assert_eq!(
+            json_number(line, "test_accuracy"),
+            record.test_accuracy,
+            "{line}"
+        );
+    }
+
+    // An index past the training set, and an order that does not split into the epochs:
+    // a message and a failure status, no panic.
+    std::fs::write(&order_file, "3\n60000\n").unwrap();
+    let base = [
+        "--init",
+        init.to_str().unwrap(),
+        "--order",
+        order_file.to_str().unwrap(),
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    let (ok, _, stderr) = run_replay(&base);
+    assert!(
+        !ok && stderr.starts_with("error:") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+    std::fs::write(&order_file, "3\n4\n5\n").unwrap();
+    let (ok, _, stderr) = run_replay(&[&base[..], &["--epochs", "2"]].concat());
+    assert!(!ok && stderr.contains("equal epochs"), "{stderr}");
+}
