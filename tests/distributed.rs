@@ -334,11 +334,7 @@ fn ranks_that_disagree_are_refused_by_every_rank() {
     }
     // A batch smaller than the group cannot be split.
     let errors = on_ranks(2, |comm| {
-        let config = TrainConfig::default().with_batch_size(1);
-        let mut rng = fdfa::init::rng(3);
-        let model = fdfa::model::fc(&[1, 28, 28], 2, 64, 10, &mut rng).unwrap();
-        let rule = RuleKind::Dfa.build(&model, 1, &mut rng).unwrap();
-        let mut t = Trainer::new(model, rule, config).unwrap();
+        let mut t = trainer_with(Net::Fc2, RuleKind::Dfa, config(3).with_batch_size(1)).unwrap();
         t.set_distributed(Arc::new(comm), BatchNormSync::Synchronized)
             .unwrap_err()
             .to_string()

@@ -52,7 +52,7 @@ impl Saving<'_> {
             return Ok(mine);
         };
         let mut flag = [f64::from(u8::from(mine))];
-        group.sum_f64(&mut flag, &vec![1.0; group.size()])?;
+        group.add_f64(&mut flag)?;
         Ok(flag[0] > 0.0)
     }
 

@@ -75,6 +75,14 @@ pub trait Communicator: Send + Sync + Debug {
     /// lengths (where the transport can tell).
     fn sum_f64(&self, values: &mut [f64], weights: &[f64]) -> Result<()>;
 
+    /// [`sum_f64`](Self::sum_f64) with a weight of 1 for every rank: the plain sum.
+    ///
+    /// # Errors
+    /// As [`sum_f64`](Self::sum_f64).
+    fn add_f64(&self, values: &mut [f64]) -> Result<()> {
+        self.sum_f64(values, &vec![1.0; self.size()])
+    }
+
     /// As [`sum_f64`](Self::sum_f64) for f32 buffers, accumulated in f64.
     ///
     /// # Errors
@@ -213,16 +221,13 @@ pub struct BatchGroup {
     shard: Shard,
     batch_norm: BatchNormSync,
     weights: Arc<[f64]>,
-    ones: Arc<[f64]>,
 }
 
 impl BatchGroup {
     /// The share `shard` of a batch split over `comm`'s ranks.
     pub fn new(comm: Arc<dyn Communicator>, shard: Shard, batch_norm: BatchNormSync) -> Self {
-        let size = comm.size();
         Self {
-            weights: Shard::weights(shard.total, size).into(),
-            ones: vec![1.0; size].into(),
+            weights: Shard::weights(shard.total, comm.size()).into(),
             comm,
             shard,
             batch_norm,
@@ -249,17 +254,12 @@ impl BatchGroup {
         &self.weights
     }
 
-    /// A weight of 1 per rank, for plain sums.
-    pub fn ones(&self) -> &[f64] {
-        &self.ones
-    }
-
     /// Sums `values` over the ranks (weight 1 each).
     ///
     /// # Errors
     /// As [`Communicator::sum_f64`].
     pub fn sum(&self, values: &mut [f64]) -> Result<()> {
-        self.comm.sum_f64(values, &self.ones)
+        self.comm.add_f64(values)
     }
 
     /// This rank's weight `m_r / N`.
@@ -281,7 +281,7 @@ pub fn check_agreement(comm: &dyn Communicator, what: &str, fingerprint: u64) ->
     let r = comm.rank();
     slots[2 * r] = (fingerprint >> 32) as f64;
     slots[2 * r + 1] = (fingerprint & 0xffff_ffff) as f64;
-    comm.sum_f64(&mut slots, &vec![1.0; size])?;
+    comm.add_f64(&mut slots)?;
     let value = |k: usize| ((slots[2 * k] as u64) << 32) | slots[2 * k + 1] as u64;
     if let Some(k) = (0..size).find(|&k| value(k) != value(0)) {
         return Err(Error::Distributed {

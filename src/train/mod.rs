@@ -989,8 +989,7 @@ impl Trainer {
                     // Every rank stops at the same step when one rank's update failed.
                     let failed = feedback.is_err() || forward.is_err();
                     let mut flag = [f64::from(u8::from(failed))];
-                    let ones = vec![1.0; b.comm().size()];
-                    b.comm().sum_f64(&mut flag, &ones)?;
+                    b.comm().add_f64(&mut flag)?;
                     if flag[0] > 0.0 && !failed {
                         return Err(Error::Distributed {
                             rank: b.comm().rank(),
@@ -1101,7 +1100,7 @@ impl Trainer {
             }
         }
         if let Some(c) = self.communicator() {
-            c.sum_f64(&mut results, &vec![1.0; size])?;
+            c.add_f64(&mut results)?;
         }
         let (losses, correct) = (&results[..groups], results[groups]);
         let loss_sum = losses.iter().fold(0.0f64, |a, l| a + l);
