@@ -83,6 +83,8 @@ pub fn threads() -> usize {
 pub(crate) struct Scratch {
     pub a: Vec<f32>,
     pub b: Vec<f32>,
+    /// Packing buffers for the products on this thread.
+    pub pack: crate::kernels::packed::Packing,
 }
 
 thread_local! {

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::init::{Rng, default_bound, uniform};
-use crate::kernels::gemm::gemm_serial;
+use crate::kernels::packed::gemm_packed;
 use crate::kernels::im2col::{Geometry, col2im_add, im2col, im2col_t};
 use crate::parallel::{
     KeptBuffer, PAR_MIN_WORK, Scratch, par_chunks_mut, par_chunks_scratch, par_zip_chunks_scratch,
@@ -263,7 +263,7 @@ impl Conv2d {
                 None => 0.0,
             };
             let out = ArrayViewMut2::from_shape((c_out, p), out).unwrap_or_else(|_| unreachable!());
-            gemm_serial(1.0, w, cols, beta, out);
+            gemm_packed(w, cols, beta, out, &mut s.pack);
         });
     }
 }
@@ -371,12 +371,12 @@ impl Layer for Conv2d {
                     ArrayView2::from_shape((p, pl), &s.a[..]).unwrap_or_else(|_| unreachable!());
                 let gi = ArrayView2::from_shape((c_out, p), grad_output.row(i))
                     .unwrap_or_else(|_| unreachable!());
-                gemm_serial(1.0, gi, cols, 1.0, partial.view_mut());
+                gemm_packed(gi, cols, 1.0, partial.view_mut(), &mut s.pack);
                 if let Some(gx) = gx.as_deref_mut() {
                     s.b.resize(p * pl, 0.0);
                     let dcols = ArrayViewMut2::from_shape((p, pl), &mut s.b[..])
                         .unwrap_or_else(|_| unreachable!());
-                    gemm_serial(1.0, gi.t(), w, 0.0, dcols);
+                    gemm_packed(gi.t(), w, 0.0, dcols, &mut s.pack);
                     let gxi = &mut gx[j * g.in_len()..(j + 1) * g.in_len()];
                     gxi.fill(0.0);
                     col2im_add(&g, &s.b, gxi);
