@@ -83,6 +83,10 @@ pub fn threads() -> usize {
 pub(crate) struct Scratch {
     pub a: Vec<f32>,
     pub b: Vec<f32>,
+    /// Packing buffers for the products on this thread.
+    pub pack: crate::kernels::packed::Packing,
+    /// A sample's im2col matrix, packed as a product's right operand.
+    pub cols: crate::kernels::packed::Prepacked,
 }
 
 thread_local! {
@@ -102,25 +106,25 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
 /// method that takes `&self` (a parameter direction's JVP): kept from call to call, so that
 /// a steady step allocates nothing for it. A clone starts empty.
 #[derive(Default)]
-pub(crate) struct KeptBuffer(std::sync::Mutex<crate::Tensor>);
+pub(crate) struct KeptBuffer<T = crate::Tensor>(std::sync::Mutex<T>);
 
-impl KeptBuffer {
+impl<T: Default> KeptBuffer<T> {
     /// Runs `f` with the buffer (a fresh one if another call holds it).
-    pub fn with<R>(&self, f: impl FnOnce(&mut crate::Tensor) -> R) -> R {
+    pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         match self.0.try_lock() {
             Ok(mut t) => f(&mut t),
-            Err(_) => f(&mut crate::Tensor::default()),
+            Err(_) => f(&mut T::default()),
         }
     }
 }
 
-impl Clone for KeptBuffer {
+impl<T: Default> Clone for KeptBuffer<T> {
     fn clone(&self) -> Self {
-        Self::default()
+        Self(Default::default())
     }
 }
 
-impl std::fmt::Debug for KeptBuffer {
+impl<T> std::fmt::Debug for KeptBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("KeptBuffer")
     }
@@ -129,12 +133,13 @@ impl std::fmt::Debug for KeptBuffer {
 /// The length to which [`reserve_scratch`] has grown every worker's scratch.
 static RESERVED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Grows both scratch buffers of every worker of the current pool to hold `len` values, the
-/// first time a kernel asks for that much. Which worker runs a task is up to rayon: without
+/// Grows both scratch buffers of every worker of the current pool to hold `len` values, its
+/// packing buffers to their most, and its packed operand to an `inner x len / inner` matrix,
+/// the first time a kernel asks for that much. Which worker runs a task is up to rayon: without
 /// this, a worker first handed a layer's largest sample many steps into training would
 /// allocate its scratch then, and a steady step would not be free of allocations. A pool
 /// created later with threads of its own grows theirs on first use instead.
-pub(crate) fn reserve_scratch(len: usize) {
+pub(crate) fn reserve_scratch(len: usize, inner: usize) {
     use std::sync::atomic::Ordering;
     if len <= RESERVED.load(Ordering::Relaxed) {
         return;
@@ -144,6 +149,12 @@ pub(crate) fn reserve_scratch(len: usize) {
             for v in [&mut s.a, &mut s.b] {
                 v.reserve(len.saturating_sub(v.len()));
             }
+            s.pack.reserve();
+            // Either way round: the forward packs `[inner, len / inner]`, the backward its
+            // transpose.
+            let outer = len / inner.max(1);
+            s.cols.reserve_b(inner, outer);
+            s.cols.reserve_b(outer, inner);
         })
     });
     RESERVED.fetch_max(len, Ordering::Relaxed);

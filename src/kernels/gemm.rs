@@ -129,20 +129,6 @@ fn gemm_parallel(
     }
 }
 
-/// `C <- alpha * A B + beta * C` on the calling thread, for products already inside a
-/// parallel loop.
-pub(crate) fn gemm_serial(
-    alpha: f32,
-    a: ArrayView2<'_, f32>,
-    b: ArrayView2<'_, f32>,
-    beta: f32,
-    mut c: ArrayViewMut2<'_, f32>,
-) {
-    with_scaled(alpha, a, b, |alpha, a, b| {
-        general_mat_mul(alpha, &a, &b, beta, &mut c);
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

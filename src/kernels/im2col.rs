@@ -93,25 +93,57 @@ fn copy_short(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// Where the rows of an im2col matrix go.
+pub(crate) trait Rows {
+    /// The buffer for row `r`, written whole, then handed to [`Rows::finish`].
+    fn row(&mut self, r: usize) -> &mut [f32];
+    /// Row `r` is written.
+    fn finish(&mut self, r: usize);
+}
+
+/// Rows in place in a matrix of rows of `p` values.
+struct InPlace<'a> {
+    cols: &'a mut [f32],
+    p: usize,
+}
+
+impl Rows for InPlace<'_> {
+    #[inline(always)]
+    fn row(&mut self, r: usize) -> &mut [f32] {
+        &mut self.cols[r * self.p..][..self.p]
+    }
+
+    #[inline(always)]
+    fn finish(&mut self, _: usize) {}
+}
+
 /// Writes the transposed im2col matrix of `input` (`[c, h, w]`) into `cols`
 /// (`[patch_len, out_pixels]`): one row per kernel tap, so that the forward product
 /// `W · cols` reads both operands in the layout the sgemm packs fastest, and unit-stride
 /// convolutions copy whole output rows at once.
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn im2col_t(g: &Geometry, input: &[f32], cols: &mut [f32]) {
-    debug_assert_eq!(input.len(), g.in_len());
     debug_assert_eq!(cols.len(), g.out_pixels() * g.patch_len());
-    with_kernel_size!(g.kernel, im2col_t_k(g, input, cols));
+    let p = g.out_pixels();
+    im2col_t_rows(g, input, &mut InPlace { cols, p });
+}
+
+/// [`im2col_t`] row by row into `rows`.
+pub(crate) fn im2col_t_rows(g: &Geometry, input: &[f32], rows: &mut impl Rows) {
+    debug_assert_eq!(input.len(), g.in_len());
+    with_kernel_size!(g.kernel, im2col_t_k(g, input, rows));
 }
 
 /// [`im2col_t`] for kernel size `K` (`0`: `g.kernel`).
-fn im2col_t_k<const K: usize>(g: &Geometry, input: &[f32], cols: &mut [f32]) {
+fn im2col_t_k<const K: usize>(g: &Geometry, input: &[f32], rows: &mut impl Rows) {
     let k = if K == 0 { g.kernel } else { K };
-    let (p, s, pad) = (g.out_pixels(), g.stride, g.padding as isize);
+    let (s, pad) = (g.stride, g.padding as isize);
     for ch in 0..g.c {
         let plane = &input[ch * g.h * g.w..][..g.h * g.w];
         for ky in 0..k {
             for kx in 0..k {
-                let row = &mut cols[((ch * k + ky) * k + kx) * p..][..p];
+                let r = (ch * k + ky) * k + kx;
+                let row = rows.row(r);
                 // Output columns whose input column lies inside the image: the same for
                 // every output row of this tap.
                 let x0 = kx as isize - pad;
@@ -147,25 +179,33 @@ fn im2col_t_k<const K: usize>(g: &Geometry, input: &[f32], cols: &mut [f32]) {
                         }
                     }
                 }
+                rows.finish(r);
             }
         }
     }
 }
 
 /// Writes the im2col matrix of `input` (`[c, h, w]`) into `cols` (`[out_pixels, patch_len]`).
+#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) fn im2col(g: &Geometry, input: &[f32], cols: &mut [f32]) {
-    debug_assert_eq!(input.len(), g.in_len());
     debug_assert_eq!(cols.len(), g.out_pixels() * g.patch_len());
-    with_kernel_size!(g.kernel, im2col_k(g, input, cols));
+    let p = g.patch_len();
+    im2col_rows(g, input, &mut InPlace { cols, p });
+}
+
+/// [`im2col`] row by row (one output pixel's patch each) into `rows`.
+pub(crate) fn im2col_rows(g: &Geometry, input: &[f32], rows: &mut impl Rows) {
+    debug_assert_eq!(input.len(), g.in_len());
+    with_kernel_size!(g.kernel, im2col_k(g, input, rows));
 }
 
 /// [`im2col`] for kernel size `K` (`0`: `g.kernel`).
-fn im2col_k<const K: usize>(g: &Geometry, input: &[f32], cols: &mut [f32]) {
+fn im2col_k<const K: usize>(g: &Geometry, input: &[f32], rows: &mut impl Rows) {
     let k = if K == 0 { g.kernel } else { K };
-    let pl = g.patch_len();
     for oy in 0..g.out_h {
         for ox in 0..g.out_w {
-            let row = &mut cols[(oy * g.out_w + ox) * pl..][..pl];
+            let r = oy * g.out_w + ox;
+            let row = rows.row(r);
             let y0 = (oy * g.stride) as isize - g.padding as isize;
             let x0 = (ox * g.stride) as isize - g.padding as isize;
             let interior = y0 >= 0 && x0 >= 0 && y0 as usize + k <= g.h && x0 as usize + k <= g.w;
@@ -193,6 +233,7 @@ fn im2col_k<const K: usize>(g: &Geometry, input: &[f32], cols: &mut [f32]) {
                     }
                 }
             }
+            rows.finish(r);
         }
     }
 }

@@ -2,7 +2,8 @@
 //! the child prints its fingerprints and the parent compares them with its own.
 //!
 //! Fingerprints (FNV-1a over the bits) are taken per family: `gemm` (products with every
-//! `alpha`/`beta` the crate uses, edge tiles and inner dimensions over one 256-deep pass),
+//! `alpha`/`beta` the crate uses, edge tiles and inner dimensions over one 256-deep pass; the
+//! convolutions' packed product is checked against it bit for bit on each processor),
 //! `normal` (the Box-Muller generator), `loss` (cross-entropy and its gradient) and `steps`
 //! (two training steps with both optimizers, of FC-2 and the shallow CNN on 14x14 inputs,
 //! under every rule:
@@ -26,6 +27,7 @@ use crate::rules::{Learned, RuleKind};
 use crate::tensor::Tensor;
 
 use super::gemm::gemm;
+use super::packed::{Operand, Packing, gemm_packed};
 
 const CHILD_ENV: &str = "FDFA_ISA_CHILD";
 const REQUIRE_ENV: &str = "FDFA_REQUIRE_QEMU";
@@ -67,6 +69,26 @@ fn gemm_family() -> u64 {
             let mut c = c0.clone();
             gemm(alpha, a.matrix(), b.matrix(), beta, c.matrix_mut());
             h = fnv(h, c.data());
+            if alpha == 1.0 {
+                // The convolutions' own product must give sgemm's bits on this processor too.
+                let mut packed = c0.clone();
+                let ops = (Operand::View(a.matrix()), Operand::View(b.matrix()));
+                gemm_packed(
+                    ops.0,
+                    ops.1,
+                    beta,
+                    packed.matrix_mut(),
+                    &mut Packing::default(),
+                );
+                assert!(
+                    packed
+                        .data()
+                        .iter()
+                        .zip(c.data())
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{m}x{k}x{n}, beta {beta}: the packed product differs from sgemm"
+                );
+            }
         }
     }
     h

@@ -5,6 +5,7 @@
 
 pub(crate) mod gemm;
 pub(crate) mod im2col;
+pub(crate) mod packed;
 
 /// The same bits on every instruction set: the crate's kernels run on fixed inputs natively
 /// and under `qemu-x86_64` emulating older processors, so that every version the run-time

@@ -8,8 +8,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::init::{Rng, default_bound, uniform};
-use crate::kernels::gemm::gemm_serial;
-use crate::kernels::im2col::{Geometry, col2im_add, im2col, im2col_t};
+use crate::kernels::im2col::{Geometry, col2im_add, im2col_rows, im2col_t_rows};
+use crate::kernels::packed::{Operand, PackRows, Prepacked, gemm_packed};
 use crate::parallel::{
     KeptBuffer, PAR_MIN_WORK, Scratch, par_chunks_mut, par_chunks_scratch, par_zip_chunks_scratch,
     reserve_scratch,
@@ -128,6 +128,7 @@ impl Conv2dConfig {
             bias,
             partials: Vec::new(),
             jvp: KeptBuffer::default(),
+            packed_weight: KeptBuffer::default(),
         })
     }
 }
@@ -153,6 +154,8 @@ pub struct Conv2d {
     partials: Vec<f32>,
     /// The parameter direction's JVP before it is added to every tangent block.
     jvp: KeptBuffer,
+    /// The weight packed once per call for the products of every sample.
+    packed_weight: KeptBuffer<Prepacked>,
 }
 
 impl Conv2d {
@@ -246,24 +249,30 @@ impl Conv2d {
         let w = Self::weight_matrix(weight, c_out);
         let work = y.len() * pl;
         if work >= PAR_MIN_WORK {
-            reserve_scratch(p * pl);
+            reserve_scratch(p * pl, pl);
         }
-        // The scratch `a` holds the sample's im2col matrix.
-        par_chunks_scratch(y.data_mut(), c_out * p, work, |s, i, out| {
-            s.a.resize(p * pl, 0.0);
-            im2col_t(g, x.row(i), &mut s.a);
-            let cols = ArrayView2::from_shape((pl, p), &s.a[..]).unwrap_or_else(|_| unreachable!());
-            let beta = match bias {
-                Some(b) => {
-                    for (row, &bv) in out.chunks_mut(p).zip(b) {
-                        row.fill(bv);
+        self.packed_weight.with(|packed| {
+            packed.pack_a(w);
+            let w = Operand::Packed(packed);
+            // The scratch `a` holds the sample's im2col matrix.
+            // The sample's im2col matrix goes straight into the packed order, through
+            // scratch `a` one row at a time.
+            par_chunks_scratch(y.data_mut(), c_out * p, work, |s, i, out| {
+                let Scratch { a, pack, cols, .. } = s;
+                im2col_t_rows(g, x.row(i), &mut PackRows::new(cols, a, pl, p));
+                let beta = match bias {
+                    Some(b) => {
+                        for (row, &bv) in out.chunks_mut(p).zip(b) {
+                            row.fill(bv);
+                        }
+                        1.0
                     }
-                    1.0
-                }
-                None => 0.0,
-            };
-            let out = ArrayViewMut2::from_shape((c_out, p), out).unwrap_or_else(|_| unreachable!());
-            gemm_serial(1.0, w, cols, beta, out);
+                    None => 0.0,
+                };
+                let out =
+                    ArrayViewMut2::from_shape((c_out, p), out).unwrap_or_else(|_| unreachable!());
+                gemm_packed(w, Operand::Packed(cols), beta, out, pack);
+            });
         });
     }
 }
@@ -353,52 +362,64 @@ impl Layer for Conv2d {
         let w = Self::weight_matrix(self.weight.value.data(), c_out);
         let work = n * p * pl * c_out * 2;
         if work >= PAR_MIN_WORK {
-            reserve_scratch(p * pl);
+            reserve_scratch(p * pl, pl);
         }
-        // Each task sums the weight gradient of its samples (recomputing their im2col, which
-        // is cheap next to the product) and, when asked, writes their input gradient.
-        // Scratch `a` holds a sample's im2col matrix, `b` its gradient.
-        let task = |s: &mut Scratch, t: usize, partial: &mut [f32], gx: Option<&mut [f32]>| {
-            s.a.resize(p * pl, 0.0);
-            let mut partial =
-                ArrayViewMut2::from_shape((c_out, pl), partial).unwrap_or_else(|_| unreachable!());
-            partial.fill(0.0);
-            let first = t * SAMPLES_PER_TASK;
-            let mut gx = gx;
-            for (j, i) in (first..(first + SAMPLES_PER_TASK).min(n)).enumerate() {
-                im2col(&g, input.row(i), &mut s.a);
-                let cols =
-                    ArrayView2::from_shape((p, pl), &s.a[..]).unwrap_or_else(|_| unreachable!());
-                let gi = ArrayView2::from_shape((c_out, p), grad_output.row(i))
+        let partials = &mut self.partials;
+        self.packed_weight.with(|packed| {
+            if grad_input.is_some() {
+                packed.pack_b(w);
+            }
+            let w_packed = Operand::Packed(packed);
+            // Each task sums the weight gradient of its samples (recomputing their im2col, which
+            // is cheap next to the product) and, when asked, writes their input gradient.
+            // Scratch `cols` holds a sample's im2col matrix, packed through `a` one row at a
+            // time; `b` holds its gradient.
+            let task = |s: &mut Scratch, t: usize, partial: &mut [f32], gx: Option<&mut [f32]>| {
+                let mut partial = ArrayViewMut2::from_shape((c_out, pl), partial)
                     .unwrap_or_else(|_| unreachable!());
-                gemm_serial(1.0, gi, cols, 1.0, partial.view_mut());
-                if let Some(gx) = gx.as_deref_mut() {
-                    s.b.resize(p * pl, 0.0);
-                    let dcols = ArrayViewMut2::from_shape((p, pl), &mut s.b[..])
+                partial.fill(0.0);
+                let first = t * SAMPLES_PER_TASK;
+                let mut gx = gx;
+                for (j, i) in (first..(first + SAMPLES_PER_TASK).min(n)).enumerate() {
+                    let Scratch { a, cols, pack, .. } = &mut *s;
+                    im2col_rows(&g, input.row(i), &mut PackRows::new(cols, a, p, pl));
+                    let gi = ArrayView2::from_shape((c_out, p), grad_output.row(i))
                         .unwrap_or_else(|_| unreachable!());
-                    gemm_serial(1.0, gi.t(), w, 0.0, dcols);
-                    let gxi = &mut gx[j * g.in_len()..(j + 1) * g.in_len()];
-                    gxi.fill(0.0);
-                    col2im_add(&g, &s.b, gxi);
+                    gemm_packed(
+                        Operand::View(gi),
+                        Operand::Packed(cols),
+                        1.0,
+                        partial.view_mut(),
+                        pack,
+                    );
+                    if let Some(gx) = gx.as_deref_mut() {
+                        s.b.resize(p * pl, 0.0);
+                        let dcols = ArrayViewMut2::from_shape((p, pl), &mut s.b[..])
+                            .unwrap_or_else(|_| unreachable!());
+                        gemm_packed(Operand::View(gi.t()), w_packed, 0.0, dcols, &mut s.pack);
+                        let gxi = &mut gx[j * g.in_len()..(j + 1) * g.in_len()];
+                        gxi.fill(0.0);
+                        col2im_add(&g, &s.b, gxi);
+                    }
                 }
+            };
+            match grad_input {
+                Some(gx) => {
+                    gx.resize(input.shape());
+                    par_zip_chunks_scratch(
+                        partials,
+                        c_out * pl,
+                        gx.data_mut(),
+                        SAMPLES_PER_TASK * g.in_len(),
+                        work,
+                        |s, t, partial, gx| task(s, t, partial, Some(gx)),
+                    );
+                }
+                None => par_chunks_scratch(partials, c_out * pl, work, |s, t, partial| {
+                    task(s, t, partial, None)
+                }),
             }
-        };
-        match grad_input {
-            Some(gx) => {
-                gx.resize(input.shape());
-                par_zip_chunks_scratch(
-                    &mut self.partials,
-                    c_out * pl,
-                    gx.data_mut(),
-                    SAMPLES_PER_TASK * g.in_len(),
-                    work,
-                    |s, t, partial, gx| task(s, t, partial, Some(gx)),
-                );
-            }
-            None => par_chunks_scratch(&mut self.partials, c_out * pl, work, |s, t, partial| {
-                task(s, t, partial, None)
-            }),
-        }
+        });
         let wg = &mut self.weight.grad;
         wg.resize(self.weight.value.shape());
         wg.fill(0.0);
