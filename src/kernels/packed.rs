@@ -121,17 +121,16 @@ impl Prepacked {
     /// Packs `a` for use as the left operand: for each 256-deep pass, panels of tile-height
     /// rows over all of `a`'s rows.
     pub fn pack_a(&mut self, a: ArrayView2<'_, f32>) {
-        let mr = MR;
         let (m, k) = a.dim();
-        let m_pad = m.div_ceil(mr) * mr;
-        (self.rows, self.cols, self.width, self.side) = (m, k, mr, Side::A);
+        let m_pad = m.div_ceil(MR) * MR;
+        (self.rows, self.cols, self.width, self.side) = (m, k, MR, Side::A);
         let data = self.data.resize(m_pad * k);
         for p0 in (0..k).step_by(KC) {
             let kc = KC.min(k - p0);
-            let pass = &mut data[p0 * m_pad..][..m_pad * kc];
-            for (ip, dst) in pass.chunks_exact_mut(mr * kc).enumerate() {
-                let i = ip * mr;
-                let block = a.slice(s![i..(i + mr).min(m), p0..p0 + kc]);
+            let pass = &mut data[a_pass_start(m_pad, p0)..][..m_pad * kc];
+            for (ip, dst) in pass.chunks_exact_mut(MR * kc).enumerate() {
+                let i = ip * MR;
+                let block = a.slice(s![i..(i + MR).min(m), p0..p0 + kc]);
                 pack::<MR>(block, dst);
             }
         }
@@ -140,7 +139,7 @@ impl Prepacked {
     /// Packs `b` for use as the right operand: for each block of 1024 columns and each
     /// 256-deep pass, panels of tile-width columns.
     pub fn pack_b(&mut self, b: ArrayView2<'_, f32>) {
-        let (_, nr) = kernel_class().tile();
+        let nr = kernel_class().nr();
         let (k, n) = b.dim();
         let n_pad = n.div_ceil(nr) * nr;
         (self.rows, self.cols, self.width, self.side) = (k, n, nr, Side::B);
@@ -150,7 +149,7 @@ impl Prepacked {
             let nc_pad = nc.div_ceil(nr) * nr;
             for p0 in (0..k).step_by(KC) {
                 let kc = KC.min(k - p0);
-                let dst = &mut data[j0 * k + p0 * nc_pad..][..nc_pad * kc];
+                let dst = &mut data[b_pass_start(k, j0, p0, nc_pad)..][..nc_pad * kc];
                 let block = b.slice(s![p0..p0 + kc, j0..j0 + nc]);
                 match nr {
                     32 => pack_b::<32>(block, dst),
@@ -159,6 +158,19 @@ impl Prepacked {
             }
         }
     }
+}
+
+/// Where pass `p0` of a packed left operand starts: every earlier pass holds `m_pad` rows
+/// (`m` padded to whole tiles) of [`KC`] columns.
+fn a_pass_start(m_pad: usize, p0: usize) -> usize {
+    p0 * m_pad
+}
+
+/// Where pass `p0` of column block `j0` of a packed `k`-row right operand starts: every
+/// earlier block is [`NC`] columns (whole tiles) by `k` rows, and every earlier pass of this
+/// block `nc_pad` columns by [`KC`] rows.
+fn b_pass_start(k: usize, j0: usize, p0: usize, nc_pad: usize) -> usize {
+    j0 * k + p0 * nc_pad
 }
 
 /// [`Prepacked::pack_b`] row by row, for a matrix that is produced a row at a time (a
@@ -179,7 +191,7 @@ impl<'a> PackRows<'a> {
     /// Prepares `dst` for a `k x n` right operand, with `rows` as the buffer for the rows in
     /// flight. Rows must come in order, `0` to `k - 1`.
     pub fn new(dst: &'a mut Prepacked, rows: &'a mut Vec<f32>, k: usize, n: usize) -> Self {
-        let (_, nr) = kernel_class().tile();
+        let nr = kernel_class().nr();
         let n_pad = n.div_ceil(nr) * nr;
         dst.data.resize(n_pad * k);
         (dst.rows, dst.cols, dst.width, dst.side) = (k, n, nr, Side::B);
@@ -228,7 +240,7 @@ fn scatter_row<const NR: usize>(dst: &mut Prepacked, r: usize, row: &[f32]) {
     for j0 in (0..n).step_by(NC) {
         let nc = NC.min(n - j0);
         let nc_pad = nc.div_ceil(NR) * NR;
-        let base = j0 * k + p0 * nc_pad + (r - p0) * NR;
+        let base = b_pass_start(k, j0, p0, nc_pad) + (r - p0) * NR;
         for (jp, values) in groups[j0 / NR..][..nc_pad / NR].iter().enumerate() {
             let group: &mut [f32; NR] = (&mut data[base + jp * NR * kc..][..NR])
                 .try_into()
@@ -249,7 +261,7 @@ impl Packing {
 impl Prepacked {
     /// Grows the buffer to hold a `k x n` right operand.
     pub fn reserve_b(&mut self, k: usize, n: usize) {
-        let (_, nr) = kernel_class().tile();
+        let nr = kernel_class().nr();
         self.data.reserve(n.div_ceil(nr) * nr * k);
     }
 }
@@ -283,11 +295,11 @@ enum Class {
 }
 
 impl Class {
-    /// The tile's rows and columns.
-    fn tile(self) -> (usize, usize) {
+    /// The tile's columns (its rows are [`MR`] everywhere).
+    fn nr(self) -> usize {
         match self {
-            Class::Avx512 => (MR, 32),
-            Class::Fused | Class::Unfused => (MR, 8),
+            Class::Avx512 => 32,
+            Class::Fused | Class::Unfused => 8,
         }
     }
 }
@@ -436,7 +448,8 @@ fn product<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
                         p.width == NR && p.side == Side::B,
                         "packed for another tile"
                     );
-                    &p.data.values()[j0 * k + p0 * panels_b * NR..][..panels_b * NR * kc]
+                    let start = b_pass_start(k, j0, p0, panels_b * NR);
+                    &p.data.values()[start..][..panels_b * NR * kc]
                 }
             };
             for i0 in (0..m).step_by(MC) {
@@ -457,7 +470,8 @@ fn product<const MR: usize, const NR: usize, T: Tile<MR, NR>>(
                             p.width == MR && p.side == Side::A,
                             "packed for another tile"
                         );
-                        &p.data.values()[p0 * m_pad + i0 * kc..][..panels_a * MR * kc]
+                        let start = a_pass_start(m_pad, p0) + i0 * kc;
+                        &p.data.values()[start..][..panels_a * MR * kc]
                     }
                 };
                 for (jp, bp) in b_pass.chunks_exact(NR * kc).enumerate() {
@@ -546,19 +560,18 @@ fn pack_b<const NR: usize>(src: ArrayView2<'_, f32>, dst: &mut [f32]) {
     }
 }
 
-/// Copies `src` (`rows <= width` by `kc`) into `dst` as `kc` groups of `width` values, column
+/// Copies `src` (`rows <= W` by `kc`) into `dst` as `kc` groups of `W` values, column
 /// `p` of `src` in group `p`, the rows past `rows` zero.
 #[inline(always)]
 fn pack<const W: usize>(src: ArrayView2<'_, f32>, dst: &mut [f32]) {
-    let width = W;
     let (rows, kc) = src.dim();
-    debug_assert_eq!(dst.len(), width * kc);
-    if rows < width {
+    debug_assert_eq!(dst.len(), W * kc);
+    if rows < W {
         dst.fill(0.0);
     }
     if let Some(cols) = (src.strides()[0] == 1 || rows == 1).then(|| src.axis_iter(Axis(1))) {
         // Columns of unit stride: each is a group.
-        for (group, col) in dst.chunks_exact_mut(width).zip(cols) {
+        for (group, col) in dst.chunks_exact_mut(W).zip(cols) {
             match col.to_slice() {
                 // A whole group as one fixed-size copy: `copy_from_slice` would call `memmove`
                 // for every 16 values.
@@ -602,14 +615,14 @@ fn pack<const W: usize>(src: ArrayView2<'_, f32>, dst: &mut [f32]) {
                     done = p + W;
                 }
             }
-            for (p, group) in dst.chunks_exact_mut(width).enumerate().skip(done) {
+            for (p, group) in dst.chunks_exact_mut(W).enumerate().skip(done) {
                 for (d, line) in group.iter_mut().zip(lines.iter()) {
                     *d = line[p];
                 }
             }
         } else {
             for (i, row) in src.axis_iter(Axis(0)).enumerate() {
-                for (group, &v) in dst.chunks_exact_mut(width).zip(row.iter()) {
+                for (group, &v) in dst.chunks_exact_mut(W).zip(row.iter()) {
                     group[i] = v;
                 }
             }
